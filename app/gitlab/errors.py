@@ -1,0 +1,59 @@
+"""Typed GitLab errors: the sync decides what to do from the class, never from strings.
+
+Messages carry the HTTP status and the endpoint path only: never a token, never a full URL
+(a URL's query could hold a secret).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+
+class GitLabAPIError(Exception):
+    def __init__(self, message: str, *, status: int | None = None, endpoint: str = "") -> None:
+        self.status = status
+        self.endpoint = endpoint
+        super().__init__(message)
+
+
+AuthReason = Literal["expired", "revoked", "invalid"]
+
+
+class GitLabAuthError(GitLabAPIError):
+    """401. `reason` tells an expired token (refreshable) from a revoked or unknown one."""
+
+    def __init__(self, message: str, *, reason: AuthReason, endpoint: str = "") -> None:
+        self.reason: AuthReason = reason
+        super().__init__(message, status=401, endpoint=endpoint)
+
+
+class GitLabForbidden(GitLabAPIError):
+    """403: missing scope or no access to the resource."""
+
+
+class GitLabNotFound(GitLabAPIError):
+    """404: the project (or item) does not exist or the token cannot see it."""
+
+
+class GitLabRateLimited(GitLabAPIError):
+    """429 after retries; `retry_after` is GitLab's wait in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, endpoint: str = "") -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=429, endpoint=endpoint)
+
+
+class GitLabUnavailable(GitLabAPIError):
+    """5xx, timeout or connection failure after retries: transient, retry later."""
+
+
+class GitLabBadResponse(GitLabAPIError):
+    """A payload that is not what the endpoint documents (malformed JSON, wrong shape)."""
+
+
+class GitLabOAuthError(GitLabAPIError):
+    """The OAuth token endpoint refused a refresh (invalid_grant, bad client...)."""
+
+    def __init__(self, message: str, *, error: str | None, status: int | None) -> None:
+        self.error = error
+        super().__init__(message, status=status, endpoint="/oauth/token")

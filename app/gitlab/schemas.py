@@ -1,0 +1,100 @@
+"""GitLab API payload models: only the fields we use, tolerant of extra and missing ones."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NoteableType = Literal["Issue", "MergeRequest"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+
+class GitLabUserRef(_Payload):
+    username: str
+    avatar_url: str | None = None
+
+
+class _Item(_Payload):
+    id: int
+    iid: int
+    project_id: int
+    title: str = ""
+    description: str | None = None
+    state: str = ""
+    author: GitLabUserRef
+    labels: list[str] = Field(default_factory=list)
+    web_url: str
+    created_at: datetime
+    updated_at: datetime
+    user_notes_count: int = 0
+    confidential: bool = False
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _null_labels(cls, v: object) -> object:
+        return [] if v is None else v
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _null_title(cls, v: object) -> object:
+        return "" if v is None else v
+
+    @field_validator("user_notes_count", mode="before")
+    @classmethod
+    def _null_count(cls, v: object) -> object:
+        # Unknown count: assume notes exist so none are missed.
+        return 1 if v is None else v
+
+
+class GitLabIssue(_Item):
+    pass
+
+
+class GitLabMergeRequest(_Item):
+    pass
+
+
+class GitLabNote(_Payload):
+    id: int
+    body: str | None = None
+    author: GitLabUserRef
+    created_at: datetime
+    updated_at: datetime
+    system: bool = False
+    noteable_type: str | None = None
+    noteable_iid: int | None = None
+    project_id: int | None = None
+    # Set by the client from the parent item: "<noteable web_url>#note_<id>".
+    web_url: str | None = None
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _null_system(cls, v: object) -> object:
+        return False if v is None else v
+
+
+class GitLabProject(_Payload):
+    id: int
+    name: str
+    path_with_namespace: str
+    web_url: str | None = None
+
+
+class GitLabCurrentUser(_Payload):
+    id: int
+    username: str
+    name: str | None = None
+
+
+class OAuthTokenResponse(_Payload):
+    access_token: str
+    refresh_token: str | None = None
+    expires_in: int | None = None
+    created_at: int | None = None
+    token_type: str | None = None
+    scope: str | None = None

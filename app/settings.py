@@ -1,0 +1,216 @@
+"""Service configuration from the environment and `.env`.
+
+Every variable is documented in `.env.example`. Secrets are `SecretStr` so they never
+print; `format_settings_error` turns a validation failure into one readable line.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gitlab-insights.db"
+
+PositiveFloat = Annotated[float, Field(ge=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- database -------------------------------------------------------------------
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_pool_timeout: float = Field(30.0, gt=0)
+
+    # --- GitLab -----------------------------------------------------------------------
+    gitlab_instance_url: str = "https://gitlab.com"
+    gitlab_connect_timeout: float = Field(5.0, gt=0)
+    gitlab_read_timeout: float = Field(30.0, gt=0)
+    gitlab_max_attempts: int = Field(4, ge=1, le=20)
+    gitlab_backoff_base: PositiveFloat = 0.5
+    gitlab_backoff_max: PositiveFloat = 30.0
+    gitlab_rate_limit_max_wait: PositiveFloat = 60.0
+    gitlab_rate_limit_low_remaining: int = Field(20, ge=0)
+    gitlab_user_concurrency: int = Field(8, ge=1, le=100)
+    gitlab_per_page: int = Field(100, ge=1, le=100)
+    include_system_notes: bool = False
+    gitlab_oauth_client_id: str | None = None
+    gitlab_oauth_client_secret: SecretStr | None = None
+    gitlab_oauth_redirect_uri: str | None = None
+
+    # --- who may call /api/poll ------------------------------------------------------
+    inngest_signing_key: SecretStr | None = None
+    inngest_signing_key_fallback: SecretStr | None = None
+    inngest_event_key: SecretStr | None = None
+    inngest_dev: str | None = None
+    signature_max_age_seconds: int = Field(300, ge=1, le=3600)
+    max_request_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)
+    allow_unsigned_polls: bool = False
+
+    # --- the run ----------------------------------------------------------------------
+    inngest_polling_cron: str = "*/10 * * * *"
+    poll_concurrency: int = Field(5, ge=1, le=100)
+    min_refresh_interval_seconds: PositiveFloat = 30.0
+    sync_overlap_seconds: int = Field(120, ge=60)
+    sync_backfill_days: int = Field(90, ge=0)
+    user_sync_attempts: int = Field(4, ge=1, le=10)
+    user_retry_backoff_base: PositiveFloat = 1.0
+    user_sync_deadline_seconds: float = Field(600.0, gt=0)
+    lease_ttl_seconds: float = Field(60.0, ge=1)
+    gitlab_down_threshold: int = Field(3, ge=1)
+    gitlab_down_retry_after_seconds: int = Field(120, ge=1)
+
+    # --- logging ----------------------------------------------------------------------
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = (
+        "INFO"
+    )
+    log_format: Literal["json", "pretty"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, v: str) -> str:
+        return normalize_database_url(v)
+
+    @field_validator("gitlab_instance_url")
+    @classmethod
+    def _check_instance_url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL such as https://gitlab.example.com")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return v.strip().rstrip("/")
+
+    @field_validator("inngest_polling_cron")
+    @classmethod
+    def _check_cron(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if len(v.split()) != 5 or not croniter.is_valid(v):
+            raise ValueError("must be a 5-field cron expression such as '*/10 * * * *'")
+        return v
+
+    @field_validator(
+        "inngest_signing_key",
+        "inngest_signing_key_fallback",
+        "inngest_event_key",
+        "gitlab_oauth_client_secret",
+        mode="before",
+    )
+    @classmethod
+    def _empty_secret_is_none(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v
+
+    @field_validator("gitlab_oauth_client_id", "gitlab_oauth_redirect_uri", "inngest_dev")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v if v and v.strip() else None
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.gitlab_backoff_max < self.gitlab_backoff_base:
+            raise ValueError("GITLAB_BACKOFF_MAX must be at least GITLAB_BACKOFF_BASE")
+        return self
+
+    # --- derived ----------------------------------------------------------------------
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def gitlab_api_url(self) -> str:
+        return f"{self.gitlab_instance_url}/api/v4"
+
+    @property
+    def oauth_refresh_configured(self) -> bool:
+        return bool(
+            self.gitlab_oauth_client_id
+            and self.gitlab_oauth_client_secret
+            and self.gitlab_oauth_redirect_uri
+        )
+
+    def signing_keys(self) -> list[str]:
+        """Configured signing keys, primary first. Empty when polls are unsigned."""
+        keys = [self.inngest_signing_key, self.inngest_signing_key_fallback]
+        return [k.get_secret_value() for k in keys if k is not None]
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redactor."""
+        secrets = [
+            self.inngest_signing_key,
+            self.inngest_signing_key_fallback,
+            self.inngest_event_key,
+            self.gitlab_oauth_client_secret,
+        ]
+        return [s.get_secret_value() for s in secrets if s is not None]
+
+
+def normalize_database_url(url: str) -> str:
+    """Map the URL forms people paste to the async drivers we ship."""
+    url = url.strip()
+    if not url:
+        raise ValueError("must not be empty")
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("postgresql+asyncpg://"):
+        return url
+    if url.startswith("sqlite+aiosqlite://"):
+        return url
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    scheme = url.split(":", 1)[0] if ":" in url else "(none)"
+    raise ValueError(
+        f"unsupported scheme '{scheme}': use postgresql://user:pass@host/db or sqlite:///path.db"
+    )
+
+
+class ConfigurationError(Exception):
+    """A setting is invalid; the message is one line fit for an operator."""
+
+
+def format_settings_error(err: ValidationError) -> str:
+    """One line naming each bad variable and what is wrong; never the secret's value."""
+    parts = []
+    for e in err.errors():
+        loc = e.get("loc") or ()
+        name = str(loc[0]).upper() if loc else "settings"
+        msg = str(e.get("msg", "invalid value"))
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, converting validation errors into a ConfigurationError line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise ConfigurationError(format_settings_error(err)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()
