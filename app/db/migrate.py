@@ -39,9 +39,38 @@ _CONNECT_TIMEOUT = 10.0
 
 T = TypeVar("T")
 
+# The original app's objects we must never create, alter or drop: tables we do not own
+# (and Prisma's own bookkeeping) and the PostgreSQL-only full-text index, which the
+# models cannot express.
+IGNORED_TABLES = frozenset({"session", "verification", "UserQuery", "_prisma_migrations"})
+IGNORED_INDEXES = frozenset({"events_fts_idx"})
+# SQLAlchemy does not reflect index sort order on SQLite, so this DESC index always looks
+# changed there; the index itself is created correctly by the migrations.
+SQLITE_UNREFLECTABLE_INDEXES = frozenset({"Event_userId_createdAt_idx"})
+
 
 class MigrationError(Exception):
     """The database could not be brought to the current schema; one-line message."""
+
+
+def include_object_for(dialect_name: str) -> Callable[..., bool]:
+    """Alembic `include_object` hook for autogenerate on the given dialect."""
+    ignored_indexes = IGNORED_INDEXES
+    if dialect_name == "sqlite":
+        ignored_indexes = ignored_indexes | SQLITE_UNREFLECTABLE_INDEXES
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        if type_ == "table":
+            return name not in IGNORED_TABLES
+        if type_ == "index" and name in ignored_indexes:
+            return False
+        # Columns, indexes and constraints of ignored tables come with their table.
+        table = getattr(obj, "table", None)
+        return not (table is not None and getattr(table, "name", None) in IGNORED_TABLES)
+
+    return include_object
 
 
 def _config(url: str | None = None) -> Config:

@@ -12,37 +12,21 @@ from typing import Any
 
 from alembic import context
 from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.db.migrate import include_object_for
 from app.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
-
-# The original app's objects we must never create, alter or drop: the PostgreSQL-only
-# full-text index (not expressible in the models) and tables we do not own.
-IGNORED_TABLES = frozenset({"session", "verification", "UserQuery", "_prisma_migrations"})
-IGNORED_INDEXES = frozenset({"events_fts_idx"})
-
-
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    if type_ == "table" and name in IGNORED_TABLES:
-        return False
-    if type_ == "index" and name in IGNORED_INDEXES:
-        return False
-    # Indexes/columns of ignored tables come through with their table attached.
-    table = getattr(obj, "table", None)
-    return not (table is not None and table.name in IGNORED_TABLES)
 
 
 def _configure_kwargs(connection: Connection) -> dict[str, Any]:
     return {
         "connection": connection,
         "target_metadata": target_metadata,
-        "include_object": include_object,
+        "include_object": include_object_for(connection.dialect.name),
         "compare_type": True,
         # SQLite cannot ALTER most things; batch mode recreates tables instead.
         "render_as_batch": connection.dialect.name == "sqlite",
@@ -90,7 +74,7 @@ def run_migrations_offline() -> None:
     context.configure(
         url=_url(),
         target_metadata=target_metadata,
-        include_object=include_object,
+        include_object=include_object_for(make_url(_url()).get_dialect().name),
         compare_type=True,
         literal_binds=True,
     )
