@@ -1,0 +1,3 @@
+"""gitlab-insights: keeps GitLab activity fresh in a database."""
+
+__version__ = "0.1.0"

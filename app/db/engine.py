@@ -17,6 +17,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # Many concurrent writers on one file: wait for the lock instead of failing.
         kwargs["connect_args"] = {"timeout": 30}
     else:
+        # The original's createdAt defaults are CURRENT_TIMESTAMP in a column holding UTC:
+        # pin the session time zone so a server in another zone cannot skew them.
+        kwargs["connect_args"] = {"server_settings": {"timezone": "UTC"}}
         kwargs.update(
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,

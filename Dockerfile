@@ -1,0 +1,25 @@
+# gitlab-insights: slim image, non-root, migrations then the server.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /srv
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin insights \
+    && mkdir -p /srv/data && chown insights /srv/data
+
+USER insights
+ENV DATABASE_URL=sqlite+aiosqlite:////srv/data/gitlab-insights.db \
+    LOG_FORMAT=json
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
+
+# `serve` runs `migrate` first, then uvicorn.
+CMD ["gitlab-insights", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,111 @@
+"""POST /api/poll: verify the caller, run a poll, answer with the summary."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
+from app.sync.poller import run_poll
+from app.sync.results import PollSummary
+
+router = APIRouter(tags=["poll"])
+
+
+class PollRequest(BaseModel):
+    """Empty body or `{}`: every user with a monitored project. `user_ids`: a manual refresh."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_ids: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="Users to refresh now (a manual refresh); omit to poll everyone.",
+        examples=[["clx1user0000"]],
+    )
+
+
+class ErrorBody(BaseModel):
+    error: str
+    check: str | None = None
+    detail: Any = None
+
+
+def _invalid(detail: Any) -> JSONResponse:
+    return JSONResponse(
+        {"error": "invalid_body", "detail": detail}, status_code=422, headers=NO_RETRY_HEADERS
+    )
+
+
+def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
+    if not raw.strip():
+        return PollRequest()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _invalid("body must be empty or a UTF-8 JSON object")
+    if not isinstance(data, dict):
+        return _invalid('body must be a JSON object such as {} or {"user_ids": ["..."]}')
+    try:
+        return PollRequest.model_validate(data)
+    except ValidationError as exc:
+        return _invalid(
+            [
+                {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+        )
+
+
+@router.post(
+    "/api/poll",
+    summary="Run a poll now (scheduler or manual refresh)",
+    description=(
+        "Authenticate with `X-Inngest-Signature: t=<unix>&s=<hex>` (HMAC-SHA256 over the "
+        "RFC 8785 canonical body + t, keyed with INNGEST_SIGNING_KEY or its fallback) or with "
+        "`Authorization: Bearer <signing key>`. Answers 200 when the run completed, even if "
+        "some users failed; 503 with Retry-After when it could not run."
+    ),
+    response_model=PollSummary,
+    responses={
+        401: {"model": ErrorBody, "description": "Missing or bad credentials"},
+        413: {"model": ErrorBody, "description": "Body too large"},
+        422: {"model": ErrorBody, "description": "Body is not a valid poll request"},
+        503: {"model": PollSummary, "description": "Database unreachable or GitLab down"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": PollRequest.model_json_schema()}},
+        }
+    },
+)
+async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
+    raw = await read_bounded_body(request, settings.max_request_body_bytes)
+    check_caller(settings, request, raw)  # before anything parses the body
+    parsed = parse_poll_request(raw)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    trigger = _trigger(request)
+    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=trigger)
+    headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
+    return JSONResponse(
+        outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers
+    )
+
+
+def _trigger(request: Request) -> str:
+    h = request.headers
+    if "x-cloudscheduler" in h:
+        return "cloud_scheduler"
+    if "x-inngest-signature" in h:
+        # Our built-in scheduler says so; any other signed caller is Inngest-style.
+        return "scheduler" if h.get("x-gitlab-insights-trigger") == "scheduler" else "inngest"
+    if "vercel-cron" in h.get("user-agent", "").lower():
+        return "vercel_cron"
+    return "api"

@@ -1,0 +1,115 @@
+"""Health, readiness, sync status and Prometheus metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from app import metrics
+from app.api.deps import get_sessionmaker, require_caller
+from app.db import repository as repo
+
+router = APIRouter()
+
+SessionmakerDep = Annotated[async_sessionmaker, Depends(get_sessionmaker)]
+
+
+@router.get("/healthz", tags=["health"], summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="The database is reachable",
+    responses={503: {"description": "Database unreachable"}},
+)
+async def readyz(sessionmaker: SessionmakerDep) -> JSONResponse:
+    try:
+        async with sessionmaker() as s:
+            await repo.ping(s)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return JSONResponse(
+            {"status": "unavailable", "database": type(exc).__name__}, status_code=503
+        )
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+class ProjectSyncStatus(BaseModel):
+    gitlab_project_id: str
+    name: str
+    path: str
+    cursor_at: datetime | None = Field(description="Everything updated before this is stored")
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+class UserSyncStatus(BaseModel):
+    user_id: str
+    email: str | None
+    last_sync_at: datetime | None
+    projects: list[ProjectSyncStatus]
+
+
+class RecentRuns(BaseModel):
+    count: int
+    successful: int
+    success_rate: float | None = Field(description="successful / count over recent runs")
+    last_run_at: datetime | None
+    last_success_at: datetime | None
+
+
+class SyncStatus(BaseModel):
+    users: list[UserSyncStatus]
+    recent_runs: RecentRuns
+
+
+@router.get(
+    "/api/sync-status",
+    tags=["status"],
+    summary="Last sync per user, each project's cursor and last error, recent run success",
+    response_model=SyncStatus,
+    responses={401: {"description": "Missing or bad credentials"}},
+)
+async def sync_status(
+    request: Request,
+    sessionmaker: SessionmakerDep,
+    _caller: Annotated[str, Depends(require_caller)],
+    user_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> SyncStatus:
+    async with sessionmaker() as s:
+        users = await repo.sync_status(s, user_id)
+        runs = await repo.recent_runs(s, limit=50)
+    finished = [r for r in runs if r.finished_at is not None]
+    ok = [r for r in finished if r.success]
+    return SyncStatus(
+        users=[
+            UserSyncStatus(
+                user_id=u.user_id,
+                email=u.email,
+                last_sync_at=u.last_sync_at,
+                projects=[ProjectSyncStatus(**asdict(p)) for p in u.projects],
+            )
+            for u in users
+        ],
+        recent_runs=RecentRuns(
+            count=len(finished),
+            successful=len(ok),
+            success_rate=(len(ok) / len(finished)) if finished else None,
+            last_run_at=runs[0].started_at if runs else None,
+            last_success_at=ok[0].finished_at if ok else None,
+        ),
+    )
+
+
+@router.get("/metrics", tags=["status"], summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,572 @@
+"""Every SQL statement of the service lives here; callers pass an AsyncSession.
+
+Portable across PostgreSQL and SQLite: upserts use each dialect's ON CONFLICT, chosen once
+per call from the session's dialect; batches are one statement per page, never per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import (
+    Account,
+    Event,
+    LastSync,
+    MonitoredProject,
+    PollRun,
+    SyncCursor,
+    SyncLease,
+    User,
+    new_id,
+    utcnow,
+)
+from app.sync.transform import EventRow
+
+GITLAB_PROVIDER = "gitlab"
+
+# Columns whose change makes a stored event stale (the original's FR3: keep data fresh).
+_TRACKED_COLUMNS = (
+    "title",
+    "body",
+    "labels",
+    "authorAvatar",
+    "gitlabUrl",
+    "author",
+    "project",
+    "projectId",
+)
+
+
+def _insert(session: AsyncSession, table: type) -> sa.Insert:
+    name = session.bind.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {name}")
+
+
+# --- users, accounts, projects ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserToPoll:
+    id: str
+    email: str | None
+    project_count: int
+
+
+async def users_to_poll(session: AsyncSession) -> list[UserToPoll]:
+    """Every user with at least one monitored project, in a stable order."""
+    count = sa.func.count(MonitoredProject.id)
+    stmt = (
+        sa.select(User.id, User.email, count)
+        .join(MonitoredProject, MonitoredProject.userId == User.id)
+        .group_by(User.id, User.email)
+        .having(count > 0)
+        .order_by(User.id)
+    )
+    return [UserToPoll(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
+
+
+async def users_by_ids(session: AsyncSession, user_ids: Sequence[str]) -> dict[str, UserToPoll]:
+    count = sa.func.count(MonitoredProject.id)
+    stmt = (
+        sa.select(User.id, User.email, count)
+        .outerjoin(MonitoredProject, MonitoredProject.userId == User.id)
+        .where(User.id.in_(list(user_ids)))
+        .group_by(User.id, User.email)
+    )
+    return {r[0]: UserToPoll(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()}
+
+
+async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    return (await session.execute(sa.select(User).where(User.email == email))).scalar_one_or_none()
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def create_user_with_account(
+    session: AsyncSession,
+    *,
+    email: str,
+    name: str | None,
+    access_token: str,
+    refresh_token: str | None,
+    expires_at: datetime | None,
+    gitlab_user_id: str | None = None,
+) -> User:
+    now = utcnow()
+    user = User(id=new_id(), email=email, name=name, createdAt=now, updatedAt=now)
+    session.add(user)
+    await session.flush()
+    session.add(
+        Account(
+            id=new_id(),
+            userId=user.id,
+            # The GitLab user id when known (unique per provider); else a stable local stand-in.
+            accountId=gitlab_user_id or f"local-{user.id}",
+            providerId=GITLAB_PROVIDER,
+            accessToken=access_token,
+            refreshToken=refresh_token,
+            accessTokenExpiresAt=expires_at,
+            createdAt=now,
+            updatedAt=now,
+        )
+    )
+    await session.flush()
+    return user
+
+
+@dataclass(frozen=True, slots=True)
+class UserListing:
+    id: str
+    email: str | None
+    name: str | None
+    has_token: bool
+    token_expires_at: datetime | None
+    project_count: int
+    last_sync_at: datetime | None
+
+
+async def list_users(session: AsyncSession) -> list[UserListing]:
+    projects = (
+        sa.select(sa.func.count(MonitoredProject.id))
+        .where(MonitoredProject.userId == User.id)
+        .scalar_subquery()
+    )
+    stmt = (
+        sa.select(
+            User.id,
+            User.email,
+            User.name,
+            Account.accessToken.is_not(None),
+            Account.accessTokenExpiresAt,
+            projects,
+            LastSync.lastSyncAt,
+        )
+        .outerjoin(
+            Account, sa.and_(Account.userId == User.id, Account.providerId == GITLAB_PROVIDER)
+        )
+        .outerjoin(LastSync, LastSync.userId == User.id)
+        .order_by(User.email)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [UserListing(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
+
+
+async def delete_user(session: AsyncSession, user_id: str) -> None:
+    # LastSync has no foreign key in the original schema: remove it explicitly.
+    await session.execute(sa.delete(LastSync).where(LastSync.userId == user_id))
+    await session.execute(sa.delete(User).where(User.id == user_id))
+
+
+async def get_gitlab_account(
+    session: AsyncSession, user_id: str, *, for_update: bool = False
+) -> Account | None:
+    stmt = (
+        sa.select(Account)
+        .where(Account.userId == user_id, Account.providerId == GITLAB_PROVIDER)
+        .order_by(Account.updatedAt.desc())
+        .limit(1)
+    )
+    if for_update and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def store_rotated_tokens(
+    session: AsyncSession,
+    *,
+    account_id: str,
+    expected_refresh_token: str | None,
+    access_token: str,
+    refresh_token: str | None,
+    expires_at: datetime | None,
+) -> bool:
+    """Replace the token pair only if nobody else rotated it meanwhile (compare-and-swap)."""
+    stmt = (
+        sa.update(Account)
+        .where(Account.id == account_id)
+        .where(
+            Account.refreshToken.is_(None)
+            if expected_refresh_token is None
+            else Account.refreshToken == expected_refresh_token
+        )
+        .values(
+            accessToken=access_token,
+            refreshToken=refresh_token if refresh_token is not None else Account.refreshToken,
+            accessTokenExpiresAt=expires_at,
+            updatedAt=utcnow(),
+        )
+    )
+    result = await session.execute(stmt)
+    return result.rowcount == 1
+
+
+async def list_projects(session: AsyncSession, user_id: str) -> list[MonitoredProject]:
+    stmt = (
+        sa.select(MonitoredProject)
+        .where(MonitoredProject.userId == user_id)
+        .order_by(MonitoredProject.gitlabProjectId)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def list_all_projects(session: AsyncSession) -> list[tuple[str | None, MonitoredProject]]:
+    stmt = (
+        sa.select(User.email, MonitoredProject)
+        .join(User, User.id == MonitoredProject.userId)
+        .order_by(User.email, MonitoredProject.projectPath)
+    )
+    return [(r[0], r[1]) for r in (await session.execute(stmt)).all()]
+
+
+async def add_project(
+    session: AsyncSession, *, user_id: str, gitlab_project_id: str, name: str, path: str
+) -> MonitoredProject:
+    project = MonitoredProject(
+        id=new_id(),
+        userId=user_id,
+        gitlabProjectId=gitlab_project_id,
+        projectName=name,
+        projectPath=path,
+        createdAt=utcnow(),
+    )
+    session.add(project)
+    await session.flush()
+    return project
+
+
+async def find_project(
+    session: AsyncSession, user_id: str, id_or_path: str
+) -> MonitoredProject | None:
+    stmt = sa.select(MonitoredProject).where(
+        MonitoredProject.userId == user_id,
+        sa.or_(
+            MonitoredProject.gitlabProjectId == id_or_path,
+            MonitoredProject.projectPath == id_or_path,
+        ),
+    )
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def delete_project(session: AsyncSession, project: MonitoredProject) -> None:
+    await session.execute(
+        sa.delete(SyncCursor).where(
+            SyncCursor.user_id == project.userId,
+            SyncCursor.gitlab_project_id == project.gitlabProjectId,
+        )
+    )
+    await session.delete(project)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UpsertCounts:
+    inserted: int = 0
+    updated: int = 0
+
+    def __iadd__(self, other: UpsertCounts) -> UpsertCounts:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        return self
+
+
+async def upsert_events(
+    session: AsyncSession, user_id: str, rows: Sequence[EventRow]
+) -> UpsertCounts:
+    """Insert new events, update changed ones, leave unchanged rows alone: one statement.
+
+    Every row gets a fresh id; RETURNING gives back the id now in the table, so a returned
+    id equal to ours was inserted and any other was updated. Unchanged rows return nothing.
+    """
+    if not rows:
+        return UpsertCounts()
+    # One row per key: a page never holds duplicates, but ON CONFLICT would fail on them.
+    unique = {r["gitlabEventId"]: r for r in rows}
+    now = utcnow()
+    values = [{**r, "id": new_id(), "userId": user_id, "updatedAt": now} for r in unique.values()]
+    ours = {v["id"] for v in values}
+    stmt = _insert(session, Event).values(values)
+    excluded = stmt.excluded
+    changed = sa.or_(
+        *(getattr(Event, c).is_distinct_from(getattr(excluded, c)) for c in _TRACKED_COLUMNS)
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Event.userId, Event.gitlabEventId],
+        set_={
+            **{c: getattr(excluded, c) for c in _TRACKED_COLUMNS},
+            "createdAt": excluded.createdAt,
+            "type": excluded.type,
+            "updatedAt": excluded.updatedAt,
+        },
+        where=changed,
+    ).returning(Event.id)
+    returned = (await session.execute(stmt)).scalars().all()
+    inserted = sum(1 for i in returned if i in ours)
+    return UpsertCounts(inserted=inserted, updated=len(returned) - inserted)
+
+
+async def count_events(session: AsyncSession, user_id: str | None = None) -> int:
+    stmt = sa.select(sa.func.count(Event.id))
+    if user_id:
+        stmt = stmt.where(Event.userId == user_id)
+    return (await session.execute(stmt)).scalar_one()
+
+
+# --- cursors and LastSync ---------------------------------------------------------------------
+
+
+async def get_cursors(session: AsyncSession, user_id: str) -> dict[str, SyncCursor]:
+    stmt = sa.select(SyncCursor).where(SyncCursor.user_id == user_id)
+    return {c.gitlab_project_id: c for c in (await session.execute(stmt)).scalars()}
+
+
+async def advance_cursor(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, cursor_at: datetime
+) -> None:
+    now = utcnow()
+    stmt = _insert(session, SyncCursor).values(
+        user_id=user_id,
+        gitlab_project_id=gitlab_project_id,
+        cursor_at=cursor_at,
+        last_success_at=now,
+        last_error=None,
+        last_error_at=None,
+        updated_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[SyncCursor.user_id, SyncCursor.gitlab_project_id],
+        set_={
+            # Never move backwards: a slow, older run must not undo a newer one.
+            "cursor_at": sa.case(
+                (SyncCursor.cursor_at.is_(None), stmt.excluded.cursor_at),
+                (SyncCursor.cursor_at < stmt.excluded.cursor_at, stmt.excluded.cursor_at),
+                else_=SyncCursor.cursor_at,
+            ),
+            "last_success_at": stmt.excluded.last_success_at,
+            "last_error": None,
+            "last_error_at": None,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    await session.execute(stmt)
+
+
+async def record_project_error(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, error: str
+) -> None:
+    now = utcnow()
+    stmt = _insert(session, SyncCursor).values(
+        user_id=user_id,
+        gitlab_project_id=gitlab_project_id,
+        cursor_at=None,
+        last_error=error[:500],
+        last_error_at=now,
+        updated_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[SyncCursor.user_id, SyncCursor.gitlab_project_id],
+        set_={
+            "last_error": stmt.excluded.last_error,
+            "last_error_at": stmt.excluded.last_error_at,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    await session.execute(stmt)
+
+
+async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
+    stmt = sa.select(LastSync).where(LastSync.userId == user_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def upsert_last_sync(session: AsyncSession, user_id: str, last_sync_at: datetime) -> None:
+    now = utcnow()
+    stmt = _insert(session, LastSync).values(
+        id=new_id(), userId=user_id, lastSyncAt=last_sync_at, createdAt=now, updatedAt=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[LastSync.userId],
+        set_={"lastSyncAt": stmt.excluded.lastSyncAt, "updatedAt": stmt.excluded.updatedAt},
+    )
+    await session.execute(stmt)
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+async def try_acquire_lease(
+    session: AsyncSession, user_id: str, holder: str, ttl_seconds: float
+) -> bool:
+    """Take the user's lease unless a live one exists; an expired lease is taken over."""
+    now = utcnow()
+    stmt = _insert(session, SyncLease).values(
+        user_id=user_id,
+        holder=holder,
+        acquired_at=now,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[SyncLease.user_id],
+        set_={
+            "holder": stmt.excluded.holder,
+            "acquired_at": stmt.excluded.acquired_at,
+            "expires_at": stmt.excluded.expires_at,
+        },
+        where=SyncLease.expires_at < now,
+    ).returning(SyncLease.holder)
+    got = (await session.execute(stmt)).scalar_one_or_none()
+    return got == holder
+
+
+async def renew_lease(session: AsyncSession, user_id: str, holder: str, ttl_seconds: float) -> bool:
+    stmt = (
+        sa.update(SyncLease)
+        .where(SyncLease.user_id == user_id, SyncLease.holder == holder)
+        .values(expires_at=utcnow() + timedelta(seconds=ttl_seconds))
+    )
+    return (await session.execute(stmt)).rowcount == 1
+
+
+async def release_lease(session: AsyncSession, user_id: str, holder: str) -> None:
+    await session.execute(
+        sa.delete(SyncLease).where(SyncLease.user_id == user_id, SyncLease.holder == holder)
+    )
+
+
+async def live_leases(session: AsyncSession) -> list[SyncLease]:
+    stmt = sa.select(SyncLease).where(SyncLease.expires_at >= utcnow())
+    return list((await session.execute(stmt)).scalars())
+
+
+# --- poll runs and status -------------------------------------------------------------------------
+
+
+async def create_poll_run(
+    session: AsyncSession, run_id: str, trigger: str, started_at: datetime
+) -> None:
+    session.add(PollRun(id=run_id, trigger=trigger, started_at=started_at))
+    await session.flush()
+
+
+async def finish_poll_run(
+    session: AsyncSession,
+    run_id: str,
+    *,
+    finished_at: datetime,
+    success: bool,
+    status_code: int,
+    total: int,
+    processed: int,
+    failed: int,
+    skipped: int,
+    events_stored: int,
+    events_updated: int,
+    error: str | None,
+) -> None:
+    await session.execute(
+        sa.update(PollRun)
+        .where(PollRun.id == run_id)
+        .values(
+            finished_at=finished_at,
+            success=success,
+            status_code=status_code,
+            total=total,
+            processed=processed,
+            failed=failed,
+            skipped=skipped,
+            events_stored=events_stored,
+            events_updated=events_updated,
+            error=error,
+        )
+    )
+
+
+async def recent_runs(session: AsyncSession, limit: int = 50) -> list[PollRun]:
+    stmt = sa.select(PollRun).order_by(PollRun.started_at.desc()).limit(limit)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def last_successful_run_at(session: AsyncSession) -> datetime | None:
+    stmt = sa.select(sa.func.max(PollRun.finished_at)).where(PollRun.success.is_(True))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectStatus:
+    gitlab_project_id: str
+    name: str
+    path: str
+    cursor_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    user_id: str
+    email: str | None
+    last_sync_at: datetime | None
+    projects: list[ProjectStatus]
+
+
+async def sync_status(session: AsyncSession, user_id: str | None = None) -> list[UserStatus]:
+    users_stmt = sa.select(User.id, User.email).order_by(User.email)
+    if user_id is not None:
+        users_stmt = users_stmt.where(User.id == user_id)
+    users = (await session.execute(users_stmt)).all()
+    ids = [u[0] for u in users]
+    if not ids:
+        return []
+    last = dict(
+        (
+            await session.execute(
+                sa.select(LastSync.userId, LastSync.lastSyncAt).where(LastSync.userId.in_(ids))
+            )
+        ).all()
+    )
+    rows = (
+        await session.execute(
+            sa.select(MonitoredProject, SyncCursor)
+            .outerjoin(
+                SyncCursor,
+                sa.and_(
+                    SyncCursor.user_id == MonitoredProject.userId,
+                    SyncCursor.gitlab_project_id == MonitoredProject.gitlabProjectId,
+                ),
+            )
+            .where(MonitoredProject.userId.in_(ids))
+            .order_by(MonitoredProject.projectPath)
+        )
+    ).all()
+    by_user: dict[str, list[ProjectStatus]] = {i: [] for i in ids}
+    for project, cursor in rows:
+        by_user[project.userId].append(
+            ProjectStatus(
+                gitlab_project_id=project.gitlabProjectId,
+                name=project.projectName,
+                path=project.projectPath,
+                cursor_at=cursor.cursor_at if cursor else None,
+                last_success_at=cursor.last_success_at if cursor else None,
+                last_error=cursor.last_error if cursor else None,
+                last_error_at=cursor.last_error_at if cursor else None,
+            )
+        )
+    return [UserStatus(u[0], u[1], last.get(u[0]), by_user[u[0]]) for u in users]
+
+
+async def ping(session: AsyncSession) -> None:
+    await session.execute(sa.text("SELECT 1"))

@@ -1,0 +1,102 @@
+"""GitLab payloads -> "Event" rows, exactly as the original event-transformer did. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypedDict
+
+from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
+
+COMMENT_TITLE_PREFIX = "Comment: "
+COMMENT_TITLE_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRef:
+    """What the original looked up per project (getProjectMap)."""
+
+    gitlab_project_id: str
+    name: str | None
+    path: str | None
+
+    @property
+    def event_project(self) -> str:
+        return self.name or f"Project {self.gitlab_project_id}"
+
+    @property
+    def event_project_id(self) -> str:
+        # The original stores the project *path* in "Event"."projectId".
+        return self.path or self.gitlab_project_id
+
+
+class EventRow(TypedDict):
+    """Columns of "Event" that come from GitLab (id/userId/updatedAt are added on store)."""
+
+    type: str
+    title: str
+    body: str | None
+    author: str
+    authorAvatar: str | None
+    project: str
+    projectId: str
+    labels: list[str]
+    gitlabEventId: str
+    gitlabUrl: str
+    createdAt: datetime
+
+
+def comment_title(body: str | None) -> str:
+    lines = (body or "").split("\n", 1)
+    first = lines[0].strip()
+    if len(first) > COMMENT_TITLE_MAX:
+        first = first[: COMMENT_TITLE_MAX - 3] + "..."
+    return COMMENT_TITLE_PREFIX + first
+
+
+def transform_issue(issue: GitLabIssue, project: ProjectRef) -> EventRow:
+    return EventRow(
+        type="issue",
+        title=issue.title,
+        body=issue.description,
+        author=issue.author.username,
+        authorAvatar=issue.author.avatar_url,
+        project=project.event_project,
+        projectId=project.event_project_id,
+        labels=list(issue.labels),
+        gitlabEventId=f"issue-{issue.id}",
+        gitlabUrl=issue.web_url,
+        createdAt=issue.created_at,
+    )
+
+
+def transform_merge_request(mr: GitLabMergeRequest, project: ProjectRef) -> EventRow:
+    return EventRow(
+        type="merge_request",
+        title=mr.title,
+        body=mr.description,
+        author=mr.author.username,
+        authorAvatar=mr.author.avatar_url,
+        project=project.event_project,
+        projectId=project.event_project_id,
+        labels=list(mr.labels),
+        gitlabEventId=f"mr-{mr.id}",
+        gitlabUrl=mr.web_url,
+        createdAt=mr.created_at,
+    )
+
+
+def transform_note(note: GitLabNote, project: ProjectRef) -> EventRow:
+    return EventRow(
+        type="comment",
+        title=comment_title(note.body),
+        body=note.body,
+        author=note.author.username,
+        authorAvatar=note.author.avatar_url,
+        project=project.event_project,
+        projectId=project.event_project_id,
+        labels=[],
+        gitlabEventId=f"note-{note.id}",
+        gitlabUrl=note.web_url or "",
+        createdAt=note.created_at,
+    )

@@ -1,0 +1,110 @@
+"""The transform is the original's, field by field (original-story-3.5, seed-schema)."""
+
+from datetime import UTC, datetime
+
+from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
+from app.sync.transform import (
+    ProjectRef,
+    comment_title,
+    transform_issue,
+    transform_merge_request,
+    transform_note,
+)
+
+PROJECT = ProjectRef("4", "My Project", "my-group/my-project")
+
+ISSUE = {
+    "id": 41,
+    "iid": 1,
+    "project_id": 4,
+    "title": "Ut commodi ullam eos dolores perferendis nihil sunt.",
+    "description": "Omnis vero earum sunt corporis dolor et placeat.",
+    "state": "closed",
+    "author": {"username": "root", "avatar_url": None, "id": 1, "name": "Administrator"},
+    "labels": ["foo", "bar, baz"],
+    "web_url": "http://gitlab.example.com/my-group/my-project/issues/1",
+    "created_at": "2016-01-04T15:31:46.176Z",
+    "updated_at": "2016-01-04T15:31:46.176Z",
+    "user_notes_count": 1,
+    "milestone": {"id": 11},
+}
+
+
+def test_issue_row():
+    row = transform_issue(GitLabIssue.model_validate(ISSUE), PROJECT)
+    assert row == {
+        "type": "issue",
+        "title": ISSUE["title"],
+        "body": ISSUE["description"],
+        "author": "root",
+        "authorAvatar": None,
+        "project": "My Project",
+        "projectId": "my-group/my-project",
+        "labels": ["foo", "bar, baz"],
+        "gitlabEventId": "issue-41",
+        "gitlabUrl": ISSUE["web_url"],
+        "createdAt": datetime(2016, 1, 4, 15, 31, 46, 176000, tzinfo=UTC),
+    }
+
+
+def test_merge_request_row_with_null_description_and_labels():
+    mr = GitLabMergeRequest.model_validate(
+        {
+            **ISSUE,
+            "id": 7,
+            "state": "merged",
+            "description": None,
+            "labels": None,
+            "author": {"username": "DouweM", "avatar_url": "https://x/avatar.png"},
+            "web_url": "http://gitlab.example.com/my-group/my-project/-/merge_requests/1",
+        }
+    )
+    row = transform_merge_request(mr, PROJECT)
+    assert row["type"] == "merge_request"
+    assert row["gitlabEventId"] == "mr-7"
+    assert row["body"] is None
+    assert row["labels"] == []
+    assert row["authorAvatar"] == "https://x/avatar.png"
+
+
+def test_fallback_project_name_and_path():
+    row = transform_issue(GitLabIssue.model_validate(ISSUE), ProjectRef("4", None, None))
+    assert row["project"] == "Project 4"
+    assert row["projectId"] == "4"
+
+
+def note(body):
+    return GitLabNote.model_validate(
+        {
+            "id": 301,
+            "body": body,
+            "author": {"username": "pipin"},
+            "created_at": "2013-10-02T08:57:14Z",
+            "updated_at": "2013-10-02T08:57:14Z",
+            "system": False,
+            "noteable_type": "MergeRequest",
+            "noteable_iid": 2,
+            "project_id": 5,
+            "web_url": "http://gitlab.example.com/g/p/-/merge_requests/2#note_301",
+        }
+    )
+
+
+def test_comment_row():
+    row = transform_note(note("  Looks good  \nsecond line"), PROJECT)
+    assert row["type"] == "comment"
+    assert row["title"] == "Comment: Looks good"
+    assert row["body"] == "  Looks good  \nsecond line"
+    assert row["gitlabEventId"] == "note-301"
+    assert row["gitlabUrl"].endswith("#note_301")
+    assert row["labels"] == []
+    assert row["author"] == "pipin"
+
+
+def test_comment_title_truncation_boundaries():
+    assert comment_title("a" * 100) == "Comment: " + "a" * 100
+    assert comment_title("a" * 101) == "Comment: " + "a" * 97 + "..."
+    assert comment_title("") == "Comment: "
+    assert comment_title(None) == "Comment: "
+    assert comment_title("x\r\ny") == "Comment: x"
+    assert comment_title("héllo ✓ 日本") == "Comment: héllo ✓ 日本"
