@@ -7,6 +7,7 @@ Without it the PostgreSQL half is skipped locally; with CI=true it fails instead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -72,10 +73,8 @@ def new_pg_database(*, migrated: bool) -> str:
 
 def drop_pg_database(url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
-    try:
+    with contextlib.suppress(Exception):
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    except Exception:  # noqa: BLE001, S110
-        pass
 
 
 @pytest.fixture(scope="session", autouse=True)
