@@ -62,15 +62,21 @@ async def run_poll(
     *,
     user_ids: Sequence[str] | None = None,
     trigger: str = "api",
+    manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
 ) -> PollOutcome:
-    """Sync every user with monitored projects, or the given users (a manual refresh)."""
+    """Sync every user with monitored projects, or the given users.
+
+    Naming users is a manual refresh (users synced within MIN_REFRESH_INTERVAL are skipped
+    as "fresh") unless `manual=False` says the caller is a schedule fanning out per user.
+    """
     settings = deps.settings
     run_id = uuid.uuid4().hex
     started_at = utcnow()
     t0 = perf_counter()
     log = logger.bind(run_id=run_id, trigger=trigger)
-    manual = user_ids is not None
+    if manual is None:
+        manual = user_ids is not None
     results: list[UserResult] = []
     metrics.RUNS_IN_PROGRESS.inc()
     try:

@@ -16,6 +16,7 @@ class ProjectFailure(BaseModel):
     error: str = Field(description="Error class, e.g. GitLabNotFound, GitLabUnavailable")
     status: int | None = Field(None, description="HTTP status GitLab answered, if any")
     message: str
+    retry_after: float | None = Field(None, description="GitLab's requested wait (429), seconds")
 
 
 class UserResult(BaseModel):

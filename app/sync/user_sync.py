@@ -378,6 +378,7 @@ class UserSync:
                     error=type(o.error).__name__,
                     status=getattr(o.error, "status", None),
                     message=_describe(o.error),
+                    retry_after=getattr(o.error, "retry_after", None),
                 )
                 for o in failures
             ]
