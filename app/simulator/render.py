@@ -1,0 +1,175 @@
+"""GitLab-shaped JSON for users, projects, issues, MRs and notes (modelled on the API docs'
+sample payloads, extra fields included so clients learn to ignore them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from app.simulator.world import Item, Note, Project, User, iso_ms
+
+if TYPE_CHECKING:
+    from app.simulator.world import World
+
+
+def item_web_url(base_url: str, project: Project, item: Item) -> str:
+    segment = "issues" if item.kind == "issue" else "merge_requests"
+    return f"{base_url}/{project.path_with_namespace}/-/{segment}/{item.iid}"
+
+
+def user_ref(base_url: str, u: User) -> dict[str, Any]:
+    return {
+        "id": u.id,
+        "username": u.username,
+        "name": u.name,
+        "state": "active",
+        "locked": False,
+        "avatar_url": u.avatar_url,
+        "web_url": f"{base_url}/{u.username}",
+    }
+
+
+def current_user(base_url: str, u: User) -> dict[str, Any]:
+    d = user_ref(base_url, u)
+    d.update(
+        created_at=iso_ms(u.created_ms),
+        bio="",
+        public_email=None,
+        bot=False,
+        two_factor_enabled=False,
+        external=False,
+    )
+    return d
+
+
+def project(base_url: str, p: Project) -> dict[str, Any]:
+    namespace_path = p.path_with_namespace.rsplit("/", 1)[0]
+    path = p.path_with_namespace.rsplit("/", 1)[-1]
+    return {
+        "id": p.id,
+        "description": None,
+        "name": p.name,
+        "name_with_namespace": f"{namespace_path.replace('/', ' / ')} / {p.name}",
+        "path": path,
+        "path_with_namespace": p.path_with_namespace,
+        "created_at": iso_ms(p.created_ms),
+        "default_branch": "main",
+        "visibility": p.visibility,
+        "web_url": f"{base_url}/{p.path_with_namespace}",
+        "namespace": {
+            "id": 1000 + p.id,
+            "name": namespace_path.rsplit("/", 1)[-1],
+            "path": namespace_path.rsplit("/", 1)[-1],
+            "kind": "group",
+            "full_path": namespace_path,
+        },
+        "last_activity_at": iso_ms(p.created_ms),
+        "archived": False,
+    }
+
+
+def item(world: World, p: Project, it: Item) -> dict[str, Any]:
+    base = world.base_url
+    author = user_ref(base, world.users[it.author_id])
+    web_url = item_web_url(base, p, it)
+    is_issue = it.kind == "issue"
+    api_self = f"{base}/api/v4/projects/{p.id}/{'issues' if is_issue else 'merge_requests'}"
+    sigil = "#" if is_issue else "!"
+    d: dict[str, Any] = {
+        "id": it.id,
+        "iid": it.iid,
+        "project_id": p.id,
+        "title": it.title,
+        "description": it.description,
+        "state": it.state,
+        "created_at": iso_ms(it.created_ms),
+        "updated_at": iso_ms(it.updated_ms),
+        "closed_at": None if it.closed_ms is None else iso_ms(it.closed_ms),
+        "closed_by": None,
+        "labels": list(it.labels),
+        "milestone": None,
+        "author": author,
+        "assignees": [],
+        "assignee": None,
+        "upvotes": 0,
+        "downvotes": 0,
+        "user_notes_count": it.user_notes_count,
+        "web_url": web_url,
+        "references": {
+            "short": f"{sigil}{it.iid}",
+            "relative": f"{sigil}{it.iid}",
+            "full": f"{p.path_with_namespace}{sigil}{it.iid}",
+        },
+        "time_stats": {
+            "time_estimate": 0,
+            "total_time_spent": 0,
+            "human_time_estimate": None,
+            "human_total_time_spent": None,
+        },
+        "task_completion_status": {"count": 0, "completed_count": 0},
+        "discussion_locked": None,
+        "imported": False,
+        "imported_from": "none",
+    }
+    if is_issue:
+        d.update(
+            type="ISSUE",
+            issue_type="issue",
+            confidential=it.confidential,
+            merge_requests_count=0,
+            due_date=None,
+            has_tasks=False,
+            severity="UNKNOWN",
+            _links={
+                "self": f"{api_self}/{it.iid}",
+                "notes": f"{api_self}/{it.iid}/notes",
+                "award_emoji": f"{api_self}/{it.iid}/award_emoji",
+                "project": f"{base}/api/v4/projects/{p.id}",
+                "closed_as_duplicate_of": None,
+            },
+        )
+    else:
+        d.update(
+            merged_by=author if it.state == "merged" else None,
+            merge_user=author if it.state == "merged" else None,
+            merged_at=None if it.merged_ms is None else iso_ms(it.merged_ms),
+            target_branch="main",
+            source_branch=f"feature-{it.iid}",
+            source_project_id=p.id,
+            target_project_id=p.id,
+            reviewers=[],
+            draft=False,
+            work_in_progress=False,
+            merge_status="can_be_merged",
+            detailed_merge_status="mergeable" if it.state == "opened" else "not_open",
+            sha=f"{it.id:040x}",
+            merge_commit_sha=None,
+            squash_commit_sha=None,
+            reference=f"!{it.iid}",
+            squash=False,
+            has_conflicts=False,
+            blocking_discussions_resolved=True,
+        )
+    return d
+
+
+def note(world: World, p: Project, n: Note) -> dict[str, Any]:
+    parent = n.parent
+    return {
+        "id": n.id,
+        "type": None,
+        "body": n.body,
+        "attachment": None,
+        "author": user_ref(world.base_url, world.users[n.author_id]),
+        "created_at": iso_ms(n.created_ms),
+        "updated_at": iso_ms(n.updated_ms),
+        "system": n.system,
+        "noteable_id": parent.id,
+        "noteable_type": "Issue" if parent.kind == "issue" else "MergeRequest",
+        "project_id": p.id,
+        "noteable_iid": parent.iid,
+        "resolvable": False,
+        "confidential": n.internal,
+        "internal": n.internal,
+        "imported": False,
+        "imported_from": "none",
+    }
