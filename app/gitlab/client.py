@@ -307,9 +307,8 @@ class RetryPolicy:
             exc: GitLabAPIError = details["exception"]
             delay = self.backoff_delay(details["tries"])
             logger.warning(
-                "GitLab {} on {}: retry {}/{} in {:.2f} s",
-                exc.status or type(exc).__name__,
-                exc.endpoint,
+                "{}: retry {}/{} in {:.2f} s",
+                exc,  # our messages: status and endpoint path only
                 details["tries"],
                 attempts - 1,
                 delay,
