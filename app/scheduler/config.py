@@ -1,0 +1,518 @@
+"""scheduler.yaml: the polling job as a gcloud flags file, parsed, filled and validated.
+
+The file is a YAML map of `--flag: value` pairs that `gcloud scheduler jobs create http NAME
+--location=L --flags-file=FILE` consumes as is (once its placeholders are filled). The built-in
+scheduler reads the same values: schedule, time zone, attempt deadline and retry policy.
+
+Lookup order: an explicit path, else ./scheduler.yaml, else the copy embedded below (so an
+installed wheel works without the repository). A test keeps the embedded copy identical to the
+repository's scheduler.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict
+
+from app.settings import Settings
+
+DEFAULT_FILE_NAME = "scheduler.yaml"
+POLL_PATH = "/api/poll"
+# The Settings default of INNGEST_POLLING_CRON; only another value overrides --schedule.
+DEFAULT_POLLING_CRON = "*/10 * * * *"
+
+# FR4: the job fires every 5 to 15 minutes.
+MIN_INTERVAL = timedelta(minutes=5)
+MAX_INTERVAL = timedelta(minutes=15)
+
+# Cloud Scheduler's documented limits for HTTP targets (RetryConfig, Job.attemptDeadline).
+MIN_ATTEMPT_DEADLINE = timedelta(seconds=15)
+MAX_ATTEMPT_DEADLINE = timedelta(minutes=30)
+MAX_RETRY_COUNT = 5
+
+# Placeholders the file may carry, `${NAME}` as envsubst writes them.
+PLACEHOLDERS = {
+    "SERVICE_URL": "the service's public base URL, e.g. https://insights.example.com",
+    "SIGNING_KEY": "INNGEST_SIGNING_KEY, exactly as configured",
+}
+_PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Stands in for ${SERVICE_URL} when an unfilled template is validated.
+_SAMPLE_SERVICE_URL = "https://service.example"
+
+# Flags `gcloud scheduler jobs create http` documents (plus gcloud-wide ones a flags file may
+# carry). Anything else in the file is a typo gcloud would reject.
+GCLOUD_HTTP_CREATE_FLAGS = frozenset(
+    {
+        "--schedule",
+        "--uri",
+        "--location",
+        "--attempt-deadline",
+        "--description",
+        "--headers",
+        "--http-method",
+        "--max-backoff",
+        "--max-doublings",
+        "--max-retry-attempts",
+        "--max-retry-duration",
+        "--min-backoff",
+        "--time-zone",
+        "--message-body",
+        "--message-body-from-file",
+        "--oauth-service-account-email",
+        "--oauth-token-scope",
+        "--oidc-service-account-email",
+        "--oidc-token-audience",
+    }
+)
+GCLOUD_WIDE_FLAGS = frozenset({"--project", "--account", "--billing-project", "--quiet"})
+# gcloud accepts these methods for --http-method; /api/poll answers POST only.
+GCLOUD_HTTP_METHODS = frozenset({"DELETE", "GET", "HEAD", "POST", "PUT", "PATCH", "OPTIONS"})
+# Headers Cloud Scheduler sets itself or refuses (HttpTarget.headers documentation).
+_RESERVED_HEADERS = ("content-length", "host", "x-google-", "x-appengine-", "x-cloudscheduler")
+
+
+class SchedulerConfigError(Exception):
+    """The file cannot be used; `problems` are one line each, fit for an operator."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# --- durations -------------------------------------------------------------------------------
+
+_NUM = r"(\d+(?:\.\d+)?)"
+# gcloud's short form (`540s`, `1h30m`) and ISO 8601 (`PT9M`, `P1DT2H`), case-insensitive.
+_SHORT_RE = re.compile(rf"(?:{_NUM}d)?(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?", re.IGNORECASE)
+_ISO_RE = re.compile(rf"p(?:{_NUM}d)?(?:t(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?)?", re.IGNORECASE)
+_UNIT_SECONDS = (86400, 3600, 60, 1)
+
+
+def parse_duration(value: object) -> timedelta:
+    """A gcloud duration (`540s`, `9m`, `1h30m`, `PT9M`, or a number of seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"'{value}' is not a duration")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"'{value}' is not a duration")
+        return timedelta(seconds=value)
+    text = str(value).strip()
+    if re.fullmatch(_NUM, text):
+        return timedelta(seconds=float(text))
+    for pattern in (_SHORT_RE, _ISO_RE):
+        m = pattern.fullmatch(text)
+        if m and any(m.groups()):
+            seconds = sum(float(g) * u for g, u in zip(m.groups(), _UNIT_SECONDS, strict=True) if g)
+            return timedelta(seconds=seconds)
+    raise ValueError(f"'{text}' is not a duration such as 30s, 5m or 1h")
+
+
+def format_duration(td: timedelta) -> str:
+    seconds = td.total_seconds()
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:g}s"
+
+
+# --- the typed job ---------------------------------------------------------------------------
+
+
+class RetryPolicy(BaseModel):
+    """Cloud Scheduler's RetryConfig; defaults are gcloud's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    retry_count: int = 0
+    min_backoff: timedelta = timedelta(seconds=5)
+    max_backoff: timedelta = timedelta(hours=1)
+    max_doublings: int = 5
+    # Zero means no time limit.
+    max_retry_duration: timedelta = timedelta(0)
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number `retry` (1-based), as Cloud Scheduler spaces them.
+
+        The interval starts at min_backoff, doubles max_doublings times, then grows linearly
+        by that last doubled amount, capped at max_backoff.
+        """
+        if retry < 1:
+            raise ValueError("retry numbers start at 1")
+        base = self.min_backoff.total_seconds()
+        if retry - 1 <= self.max_doublings:
+            d = base * 2 ** (retry - 1)
+        else:
+            d = base * 2**self.max_doublings * (retry - self.max_doublings)
+        return min(d, self.max_backoff.total_seconds())
+
+
+class SchedulerJob(BaseModel):
+    """The values of scheduler.yaml (after any placeholders were filled or sampled)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schedule: str
+    time_zone: str = "Etc/UTC"
+    uri: str
+    http_method: str = "POST"
+    headers: dict[str, str] = {}
+    message_body: str | None = None
+    attempt_deadline: timedelta = timedelta(minutes=3)
+    description: str | None = None
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def body(self) -> bytes:
+        return (self.message_body or "").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class SchedulerFile:
+    """The file's text and where it came from."""
+
+    text: str
+    origin: str
+
+    @property
+    def placeholders(self) -> list[str]:
+        """Placeholder names still in the file's values (comments mention them too)."""
+        names = [n for line in _value_lines(self.text) for n in _PLACEHOLDER_RE.findall(line)]
+        return list(dict.fromkeys(names))
+
+
+def _value_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
+def locate(path: str | Path | None = None, *, cwd: Path | None = None) -> SchedulerFile:
+    """An explicit path, else ./scheduler.yaml, else the embedded default."""
+    if path is not None:
+        p = Path(path)
+        try:
+            return SchedulerFile(p.read_text(encoding="utf-8"), str(p))
+        except FileNotFoundError:
+            raise SchedulerConfigError([f"{p}: no such file"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchedulerConfigError([f"{p}: cannot read ({type(exc).__name__})"]) from None
+    local = (cwd or Path.cwd()) / DEFAULT_FILE_NAME
+    if local.is_file():
+        return locate(local)
+    return SchedulerFile(DEFAULT_SCHEDULER_YAML, "built-in default scheduler.yaml")
+
+
+def _load_mapping(text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SchedulerConfigError([f"not valid YAML{where}"]) from None
+    if not isinstance(data, dict):
+        raise SchedulerConfigError(["must be a YAML map of `--flag: value` pairs"])
+    return data
+
+
+def parse_flags(data: dict[str, Any]) -> SchedulerJob:
+    """The typed job from a `--flag: value` map; structural problems raise all at once."""
+    problems: list[str] = []
+    for key in data:
+        if not isinstance(key, str) or not key.startswith("--"):
+            problems.append(f"{key!r}: keys are gcloud flags written with their dashes (--uri)")
+        elif key not in GCLOUD_HTTP_CREATE_FLAGS | GCLOUD_WIDE_FLAGS:
+            problems.append(f"{key}: not a flag of `gcloud scheduler jobs create http`")
+    if "--message-body-from-file" in data:
+        problems.append("--message-body-from-file: use --message-body (the file must stand alone)")
+
+    def text(flag: str, default: str | None = None) -> str | None:
+        v = data.get(flag, default)
+        if v is None:
+            return None
+        if isinstance(v, dict | list | bool):
+            problems.append(f"{flag}: must be a string")
+            return None
+        return str(v)
+
+    def integer(flag: str, default: int) -> int:
+        v = data.get(flag, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            problems.append(f"{flag}: must be a whole number, got {v!r}")
+            return default
+        return v
+
+    def duration(flag: str, default: timedelta) -> timedelta:
+        if flag not in data:
+            return default
+        try:
+            return parse_duration(data[flag])
+        except ValueError as exc:
+            problems.append(f"{flag}: {exc}")
+            return default
+
+    headers: dict[str, str] = {}
+    raw_headers = data.get("--headers", {})
+    if isinstance(raw_headers, dict):
+        headers = {str(k): "" if v is None else str(v) for k, v in raw_headers.items()}
+    elif isinstance(raw_headers, str):
+        # gcloud's inline form: KEY=VALUE,KEY=VALUE
+        for pair in filter(None, raw_headers.split(",")):
+            k, sep, v = pair.partition("=")
+            if not sep:
+                problems.append(f"--headers: '{pair}' is not KEY=VALUE")
+            headers[k.strip()] = v.strip()
+    else:
+        problems.append("--headers: must be a map of header names to values")
+
+    schedule = text("--schedule")
+    uri = text("--uri")
+    for flag, value in (("--schedule", schedule), ("--uri", uri)):
+        if value is None and flag in data:
+            continue
+        if value is None:
+            problems.append(f"{flag}: required")
+    retry = RetryPolicy(
+        retry_count=integer("--max-retry-attempts", 0),
+        min_backoff=duration("--min-backoff", timedelta(seconds=5)),
+        max_backoff=duration("--max-backoff", timedelta(hours=1)),
+        max_doublings=integer("--max-doublings", 5),
+        max_retry_duration=duration("--max-retry-duration", timedelta(0)),
+    )
+    job_values = dict(
+        schedule=" ".join((schedule or "").split()),
+        time_zone=text("--time-zone", "Etc/UTC") or "Etc/UTC",
+        uri=(uri or "").strip(),
+        http_method=(text("--http-method", "POST") or "POST").upper(),
+        headers=headers,
+        message_body=text("--message-body"),
+        attempt_deadline=duration("--attempt-deadline", timedelta(minutes=3)),
+        description=text("--description"),
+        retry=retry,
+    )
+    if problems:
+        raise SchedulerConfigError(problems)
+    return SchedulerJob(**job_values)
+
+
+# --- placeholders ----------------------------------------------------------------------------
+
+
+def _substitute(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, values) for v in value]
+    return value
+
+
+def _yaml_escape(value: str) -> str:
+    # Placeholders sit inside double-quoted scalars: escape what would end or bend them.
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def fill_placeholders(text: str, values: dict[str, str]) -> str:
+    """The file's text with `${NAME}` replaced in values (comments kept), verified by re-parsing."""
+
+    def fill_line(line: str) -> str:
+        if line.lstrip().startswith("#"):
+            return line  # the comments explaining the placeholders stay readable
+        return _PLACEHOLDER_RE.sub(
+            lambda m: _yaml_escape(values[m.group(1)]) if m.group(1) in values else m.group(0),
+            line,
+        )
+
+    filled = "".join(fill_line(line) for line in text.splitlines(keepends=True))
+    # Only values in quoted scalars survive the text substitution unchanged: prove it.
+    expected = _substitute(_load_mapping(text), values)
+    if _load_mapping(filled) != expected:
+        raise SchedulerConfigError(
+            ["a filled placeholder changed the YAML structure: keep ${...} inside double quotes"]
+        )
+    return filled
+
+
+def service_base_url(url: str) -> str:
+    """The service's base URL from what an operator passes (`/api/poll` tolerated)."""
+    url = url.strip().rstrip("/")
+    url = url.removesuffix(POLL_PATH)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SchedulerConfigError([f"--url: '{url}' is not an http(s) URL"])
+    if parts.query or parts.fragment:
+        raise SchedulerConfigError(["--url: must not carry a query string or fragment"])
+    return url
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def load(source: SchedulerFile, values: dict[str, str] | None = None) -> SchedulerJob:
+    """Parse the file; unfilled placeholders are sampled so the shape can still be checked."""
+    data = _load_mapping(source.text)
+    unknown = [n for n in source.placeholders if n not in PLACEHOLDERS]
+    if unknown:
+        names = ", ".join(f"${{{n}}}" for n in unknown)
+        known = ", ".join(f"${{{n}}}" for n in PLACEHOLDERS)
+        raise SchedulerConfigError([f"unknown placeholder {names} (known: {known})"])
+    samples = {"SERVICE_URL": _SAMPLE_SERVICE_URL, "SIGNING_KEY": "signkey-sample-0000"}
+    return parse_flags(_substitute(data, {**samples, **(values or {})}))
+
+
+def cron_problems(
+    expr: str, time_zone: str = "Etc/UTC", *, start: datetime | None = None
+) -> list[str]:
+    """A valid 5-field cron firing every MIN_INTERVAL..MAX_INTERVAL, all week long."""
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        return [f"--schedule: '{expr}' is not a 5-field cron expression such as '*/10 * * * *'"]
+    try:
+        tz = ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    # A week covers day-of-week gaps; the first gap past the bounds is enough to report.
+    t0 = (start or datetime(2026, 1, 5, tzinfo=UTC)).astimezone(tz)
+    it = croniter(expr, t0)
+    prev = it.get_next(datetime)
+    end = prev + timedelta(days=7)
+    while prev < end:
+        nxt = it.get_next(datetime)
+        gap = nxt - prev
+        if gap < MIN_INTERVAL or gap > MAX_INTERVAL:
+            minutes = gap.total_seconds() / 60
+            return [
+                f"--schedule: '{expr}' has a {minutes:g}-minute gap (after "
+                f"{prev:%a %H:%M}); it must fire every 5 to 15 minutes"
+            ]
+        prev = nxt
+    return []
+
+
+def job_problems(job: SchedulerJob) -> list[str]:
+    """Everything `scheduler check` enforces beyond parsing."""
+    problems = cron_problems(job.schedule, job.time_zone)
+    try:
+        ZoneInfo(job.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"--time-zone: '{job.time_zone}' is not a tz database name (Etc/UTC)")
+
+    parts = urlsplit(job.uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        problems.append(f"--uri: '{job.uri}' is not an http(s) URL")
+    elif not parts.path.endswith(POLL_PATH):
+        problems.append(f"--uri: '{job.uri}' must end with {POLL_PATH}")
+    elif parts.query or parts.fragment:
+        problems.append("--uri: must not carry a query string or fragment")
+
+    if job.http_method not in GCLOUD_HTTP_METHODS:
+        problems.append(f"--http-method: '{job.http_method}' is not an HTTP method")
+    elif job.http_method != "POST":
+        problems.append(f"--http-method: /api/poll answers POST, not {job.http_method}")
+
+    auth = {k.lower(): v for k, v in job.headers.items()}.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        problems.append(
+            '--headers: needs Authorization: "Bearer ${SIGNING_KEY}" (/api/poll refuses '
+            "unauthenticated calls)"
+        )
+    for name in job.headers:
+        if name.lower().startswith(_RESERVED_HEADERS):
+            problems.append(f"--headers: Cloud Scheduler sets or refuses '{name}'")
+
+    if not MIN_ATTEMPT_DEADLINE <= job.attempt_deadline <= MAX_ATTEMPT_DEADLINE:
+        problems.append(
+            f"--attempt-deadline: {format_duration(job.attempt_deadline)} is outside the "
+            "15s..30m Cloud Scheduler allows for HTTP targets"
+        )
+    r = job.retry
+    if not 0 <= r.retry_count <= MAX_RETRY_COUNT:
+        problems.append(f"--max-retry-attempts: {r.retry_count} is outside 0..{MAX_RETRY_COUNT}")
+    if r.min_backoff > r.max_backoff:
+        problems.append(
+            f"--min-backoff ({format_duration(r.min_backoff)}) exceeds --max-backoff "
+            f"({format_duration(r.max_backoff)})"
+        )
+    if r.max_doublings < 0:
+        problems.append(f"--max-doublings: {r.max_doublings} must not be negative")
+    return problems
+
+
+def check(source: SchedulerFile) -> list[str]:
+    """All problems of a file, parsing included; empty means `scheduler check` passes."""
+    try:
+        job = load(source)
+    except SchedulerConfigError as exc:
+        return exc.problems
+    return job_problems(job)
+
+
+def load_valid(source: SchedulerFile) -> SchedulerJob:
+    problems = check(source)
+    if problems:
+        raise SchedulerConfigError(problems)
+    return load(source)
+
+
+def effective_cron(job: SchedulerJob, settings: Settings) -> tuple[str, str]:
+    """The cron the built-in scheduler fires on, and where it came from.
+
+    INNGEST_POLLING_CRON overrides scheduler.yaml's --schedule when its value differs from
+    the default `*/10 * * * *`. Settings cannot tell "unset" from "set to the default" (a copied
+    .env.example sets it), and the default is what scheduler.yaml ships anyway.
+    """
+    env_cron = " ".join(settings.inngest_polling_cron.split())
+    if env_cron != DEFAULT_POLLING_CRON:
+        return env_cron, "INNGEST_POLLING_CRON"
+    return job.schedule, "scheduler.yaml"
+
+
+# The repository's scheduler.yaml, byte for byte (tests/unit/test_scheduler_config.py checks).
+DEFAULT_SCHEDULER_YAML = """\
+# The gitlab-insights polling job: a gcloud --flags-file (a YAML map of `--flag: value`).
+#
+#   gitlab-insights scheduler render --url https://insights.example.com --show-secret > job.yaml
+#   gcloud scheduler jobs create http gitlab-insights-poll --location=LOCATION --flags-file=job.yaml
+#
+# Placeholders (gcloud does not expand them: fill them first, with `gitlab-insights scheduler
+# render` as above, or with `envsubst < scheduler.yaml > job.yaml`):
+#   ${SERVICE_URL}  the service's public base URL, scheme included, no trailing slash,
+#                   e.g. https://insights.example.com or https://example.com/insights
+#   ${SIGNING_KEY}  the value of INNGEST_SIGNING_KEY exactly as configured (prefix included);
+#                   /api/poll accepts it as a static bearer secret because Cloud Scheduler
+#                   cannot compute a per-request HMAC. Keep job.yaml out of version control.
+#
+# The built-in scheduler (`gitlab-insights serve --scheduler`) reads the same file: it fires on
+# --schedule (unless INNGEST_POLLING_CRON is set to something other than */10 * * * *), uses
+# --attempt-deadline as its request timeout and retries 5xx answers and timeouts with the
+# policy below. `gitlab-insights scheduler check` validates this file.
+
+# Every 10 minutes (FR4 asks for 5 to 15), in UTC so DST never shifts or skips a run.
+--schedule: "*/10 * * * *"
+--time-zone: Etc/UTC
+--description: "gitlab-insights: sync GitLab issues, merge requests and comments"
+
+--uri: "${SERVICE_URL}/api/poll"
+--http-method: POST
+--headers:
+  Authorization: "Bearer ${SIGNING_KEY}"
+  Content-Type: application/json
+# `{}` polls every user with a monitored project.
+--message-body: "{}"
+
+# A run answers when all users are synced; kept under the 10-minute interval so one attempt
+# never outlives the next scheduled run.
+--attempt-deadline: 540s
+
+# 3 retries of a 5xx answer (e.g. 503 "GitLab down") or a timeout: after 30s, 60s, 120s.
+--max-retry-attempts: 3
+--min-backoff: 30s
+--max-backoff: 120s
+--max-doublings: 2
+# --max-retry-duration is left at its default (0 = no time limit): the 3 retries bound it.
+"""
