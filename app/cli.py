@@ -415,10 +415,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _register_optional_commands() -> None:
-    """Commands that live in their own modules (simulator, scheduler, poll, demo)."""
+    """Commands that live in their own modules (scheduler, poll, demo) register themselves."""
     import importlib
 
-    for module in ("app.simulator.cli", "app.scheduler.cli", "app.poll_cli"):
+    from app.simulator.cli import simulator
+
+    cli.command("simulator", help="Run the GitLab API simulator (tests, benchmark, demo).")(
+        simulator
+    )
+    for module in ("app.scheduler.cli", "app.poll_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

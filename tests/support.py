@@ -1,0 +1,181 @@
+"""Helpers shared by integration and e2e tests: a live server, seeding, ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+
+from app.db import repository as repo
+from app.db.engine import create_engine, create_sessionmaker
+from app.db.models import Event
+from app.settings import Settings, load_settings
+
+SIGNING_KEY = "signkey-test-" + "5e" * 32
+FALLBACK_KEY = "signkey-test-" + "fa" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_settings(db_url: str, gitlab_url: str = "http://127.0.0.1:9", **overrides: Any) -> Settings:
+    """Settings for tests: zero sleeps, a signing key, the simulator as GitLab."""
+    base: dict[str, Any] = {
+        "database_url": db_url,
+        "gitlab_instance_url": gitlab_url,
+        "inngest_signing_key": SIGNING_KEY,
+        "gitlab_backoff_base": 0,
+        "gitlab_backoff_max": 0,
+        "gitlab_rate_limit_max_wait": 0,
+        "user_retry_backoff_base": 0,
+        "min_refresh_interval_seconds": 0,
+        "sync_backfill_days": 0,
+        "log_format": "json",
+        "gitlab_read_timeout": 5,
+    }
+    base.update(overrides)
+    return load_settings(**base)
+
+
+class LiveServer:
+    """The real app under uvicorn on 127.0.0.1, in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        from app.main import create_app
+
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+    def poll(self, body: Any = None, *, key: str = SIGNING_KEY, timeout: float = 120) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"}
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["json"] = body
+        return httpx.post(f"{self.url}/api/poll", headers=headers, timeout=timeout, **kwargs)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_session(db_url: str, work: Any) -> Any:
+    engine = create_engine(load_settings(database_url=db_url))
+    try:
+        sm = create_sessionmaker(engine)
+        async with sm() as s, s.begin():
+            return await work(s)
+    finally:
+        await engine.dispose()
+
+
+def add_user(
+    db_url: str,
+    email: str,
+    token: str | None,
+    projects: Iterable[tuple[str, str, str]] = (),
+    *,
+    refresh_token: str | None = None,
+    expires_at: Any = None,
+) -> str:
+    """Create a user with a GitLab account and monitored projects (id, name, path)."""
+
+    async def work(s):
+        user = await repo.create_user_with_account(
+            s,
+            email=email,
+            name=email.split("@")[0],
+            access_token=token or "",
+            refresh_token=refresh_token,
+            expires_at=expires_at,
+        )
+        if token is None:
+            await s.execute(
+                sa.text('UPDATE account SET "accessToken" = NULL WHERE "userId" = :u'),
+                {"u": user.id},
+            )
+        for pid, name, path in projects:
+            await repo.add_project(s, user_id=user.id, gitlab_project_id=pid, name=name, path=path)
+        return user.id
+
+    return run(_with_session(db_url, work))
+
+
+def add_project(db_url: str, user_id: str, pid: str, name: str, path: str) -> None:
+    async def work(s):
+        await repo.add_project(s, user_id=user_id, gitlab_project_id=pid, name=name, path=path)
+
+    run(_with_session(db_url, work))
+
+
+EVENT_FIELDS = (
+    "type",
+    "title",
+    "body",
+    "author",
+    "authorAvatar",
+    "labels",
+    "gitlabUrl",
+)
+
+
+def stored_events(db_url: str, user_id: str | None = None) -> list[dict[str, Any]]:
+    async def work(s):
+        stmt = sa.select(Event)
+        if user_id is not None:
+            stmt = stmt.where(Event.userId == user_id)
+        rows = (await s.execute(stmt)).scalars().all()
+        return [
+            {
+                "userId": e.userId,
+                "gitlabEventId": e.gitlabEventId,
+                "project": e.project,
+                "projectId": e.projectId,
+                "createdAt": e.createdAt,
+                **{f: getattr(e, f) for f in EVENT_FIELDS},
+                "labels": list(e.labels or []),
+            }
+            for e in rows
+        ]
+
+    return run(_with_session(db_url, work))
+
+
+def query(db_url: str, sql: str, **params: Any) -> list[tuple]:
+    async def work(s):
+        return [tuple(r) for r in (await s.execute(sa.text(sql), params)).all()]
+
+    return run(_with_session(db_url, work))
