@@ -1,0 +1,1 @@
+"""Background-job integrations that drive the sync from outside (Inngest)."""
