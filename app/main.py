@@ -13,6 +13,7 @@ from loguru import logger
 from app import __version__
 from app.api import poll, status
 from app.db.engine import create_engine, create_sessionmaker
+from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
 from app.settings import ConfigurationError, Settings, get_settings
 from app.sync.user_sync import SyncDeps
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(poll.router)
     app.include_router(status.router)
+    # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
+    mount_inngest(app, settings)
     return app
 
 
