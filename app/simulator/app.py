@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,8 +40,11 @@ def create_fastapi(world: World) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if _is_gitlab_path(request):
-            # GitLab's unknown-route answer.
-            return JSONResponse({"error": f"{exc.status_code} Not Found"}, status_code=404)
+            # GitLab's unknown-route answer is {"error": "404 Not Found"}.
+            phrase = HTTPStatus(exc.status_code).phrase
+            return JSONResponse(
+                {"error": f"{exc.status_code} {phrase}"}, status_code=exc.status_code
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)

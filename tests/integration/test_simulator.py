@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
+import subprocess
+import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -289,6 +292,7 @@ def test_private_project_404_for_non_members(sim):
             r = c.get(url)
             assert (r.status_code, r.json()) == (404, not_found), url
         assert c.get("/projects/9999").json() == not_found
+        assert c.get("/no/such/route").json() == {"error": "404 Not Found"}
     with client(sim, member) as c:
         body = c.get(f"/projects/{encoded}").json()
         assert body["id"] == p.id and body["path_with_namespace"] == p.path_with_namespace
@@ -686,3 +690,42 @@ def test_big_project_generates_and_pages_fast():
         assert r.status_code == 200 and len(r.json()) == 100
         assert c.get("/projects/2/issues", params={"per_page": 100, "page": 501}).status_code == 405
         assert time.perf_counter() - t < 1
+
+
+def test_python_m_entry_point_serves():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.simulator",
+            "--port",
+            str(port),
+            "--seed",
+            "3",
+            "--issues",
+            "3",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                world = httpx.get(f"http://127.0.0.1:{port}/_sim/world").json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert world["base_url"] == f"http://127.0.0.1:{port}"
+        token = world["users"][0]["token"]
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v4/user", headers={"PRIVATE-TOKEN": token})
+        assert r.json()["username"] == "user1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
