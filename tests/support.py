@@ -28,7 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_settings(db_url: str, gitlab_url: str = "http://127.0.0.1:9", **overrides: Any) -> Settings:
+def make_settings(
+    db_url: str, gitlab_url: str = "http://127.0.0.1:9", **overrides: Any
+) -> Settings:
     """Settings for tests: zero sleeps, a signing key, the simulator as GitLab."""
     base: dict[str, Any] = {
         "database_url": db_url,
@@ -80,7 +82,9 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=20)
 
-    def poll(self, body: Any = None, *, key: str = SIGNING_KEY, timeout: float = 120) -> httpx.Response:
+    def poll(
+        self, body: Any = None, *, key: str = SIGNING_KEY, timeout: float = 120
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"}
         kwargs: dict[str, Any] = {}
         if body is not None:
