@@ -17,6 +17,8 @@ from app.db import repository as repo
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Event
 from app.settings import Settings, load_settings
+from app.simulator.server import SimulatorServer
+from app.simulator.world import iso_ms
 
 SIGNING_KEY = "signkey-test-" + "5e" * 32
 FALLBACK_KEY = "signkey-test-" + "fa" * 32
@@ -93,7 +95,22 @@ class LiveServer:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    """Run a coroutine to completion, also from inside a running loop (async tests)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: list[Any] = []
+
+    def target() -> None:
+        box.append(asyncio.run(coro))
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if not box:
+        raise RuntimeError("database helper failed (see the thread's traceback)")
+    return box[0]
 
 
 async def _with_session(db_url: str, work: Any) -> Any:
@@ -183,3 +200,52 @@ def query(db_url: str, sql: str, **params: Any) -> list[tuple]:
         return [tuple(r) for r in (await s.execute(sa.text(sql), params)).all()]
 
     return run(_with_session(db_url, work))
+
+
+# --- ground truth: the Event table against the simulator's oracle ---------------------------
+
+COMPARED = ("type", "title", "body", "author", "authorAvatar", "labels", "gitlabUrl")
+
+
+def truth(sim: SimulatorServer, username: str, project_ids: list[int]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for pid in project_ids:
+        p = sim.world.project(pid)
+        for e in sim.world.expected(username, pid):
+            assert e["gitlabEventId"] not in out
+            out[e["gitlabEventId"]] = {
+                **{k: e[k] for k in COMPARED},
+                "createdAt": e["createdAt"],
+                "project": p.name,
+                "projectId": p.path_with_namespace,
+            }
+    return out
+
+
+def actual(db_url: str, user_id: str) -> dict[str, dict]:
+    rows = stored_events(db_url, user_id)
+    out: dict[str, dict] = {}
+    for r in rows:
+        assert r["gitlabEventId"] not in out, "duplicate event"
+        out[r["gitlabEventId"]] = {
+            **{k: r[k] for k in COMPARED},
+            "createdAt": iso_ms(int(r["createdAt"].timestamp() * 1000)),
+            "project": r["project"],
+            "projectId": r["projectId"],
+        }
+    return out
+
+
+def assert_equal_truth(db_url, user_id, sim, username, pids) -> None:
+    want, got = truth(sim, username, pids), actual(db_url, user_id)
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    assert not missing, f"missing {len(missing)}: {missing[:5]}"
+    assert not extra, f"unexpected {len(extra)}: {extra[:5]}"
+    wrong = [k for k in want if want[k] != got[k]]
+    assert not wrong, f"differs: {wrong[:3]}: {want[wrong[0]]} != {got[wrong[0]]}"
+
+
+def project_tuple(sim: SimulatorServer, pid: int) -> tuple[str, str, str]:
+    p = sim.world.project(pid)
+    return (str(pid), p.name, p.path_with_namespace)

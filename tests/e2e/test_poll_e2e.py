@@ -11,54 +11,16 @@ from typing import Any
 import pytest
 
 from app.simulator.server import SimulatorServer
-from app.simulator.world import iso_ms
-from tests.support import LiveServer, add_project, add_user, make_settings, query, stored_events
-
-COMPARED = ("type", "title", "body", "author", "authorAvatar", "labels", "gitlabUrl")
-
-
-def truth(sim: SimulatorServer, username: str, project_ids: list[int]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for pid in project_ids:
-        p = sim.world.project(pid)
-        for e in sim.world.expected(username, pid):
-            assert e["gitlabEventId"] not in out
-            out[e["gitlabEventId"]] = {
-                **{k: e[k] for k in COMPARED},
-                "createdAt": e["createdAt"],
-                "project": p.name,
-                "projectId": p.path_with_namespace,
-            }
-    return out
-
-
-def actual(db_url: str, user_id: str) -> dict[str, dict]:
-    rows = stored_events(db_url, user_id)
-    out: dict[str, dict] = {}
-    for r in rows:
-        assert r["gitlabEventId"] not in out, "duplicate event"
-        out[r["gitlabEventId"]] = {
-            **{k: r[k] for k in COMPARED},
-            "createdAt": iso_ms(int(r["createdAt"].timestamp() * 1000)),
-            "project": r["project"],
-            "projectId": r["projectId"],
-        }
-    return out
-
-
-def assert_equal_truth(db_url, user_id, sim, username, pids) -> None:
-    want, got = truth(sim, username, pids), actual(db_url, user_id)
-    missing = sorted(set(want) - set(got))
-    extra = sorted(set(got) - set(want))
-    assert not missing, f"missing {len(missing)}: {missing[:5]}"
-    assert not extra, f"unexpected {len(extra)}: {extra[:5]}"
-    wrong = [k for k in want if want[k] != got[k]]
-    assert not wrong, f"differs: {wrong[:3]}: {want[wrong[0]]} != {got[wrong[0]]}"
-
-
-def project_tuple(sim: SimulatorServer, pid: int) -> tuple[str, str, str]:
-    p = sim.world.project(pid)
-    return (str(pid), p.name, p.path_with_namespace)
+from tests.support import (
+    LiveServer,
+    add_project,
+    add_user,
+    assert_equal_truth,
+    make_settings,
+    project_tuple,
+    query,
+    stored_events,
+)
 
 
 def by_user(summary: dict[str, Any]) -> dict[str, dict]:
