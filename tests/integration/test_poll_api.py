@@ -1,0 +1,267 @@
+"""/api/poll: who may call it (official inngest signer as the client), body rules, GitLab
+down -> 503, per-user retries resuming from cursors, sync status and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from inngest._internal.net import sign_request as sdk_sign
+
+from app.main import create_app
+from app.simulator.server import SimulatorServer
+from tests.support import (
+    FALLBACK_KEY,
+    SIGNING_KEY,
+    add_user,
+    make_settings,
+    project_tuple,
+    query,
+)
+
+
+@asynccontextmanager
+async def client_for(settings):
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+def signed(body: bytes, key: str = SIGNING_KEY, t: int | None = None) -> dict[str, str]:
+    return {
+        "X-Inngest-Signature": sdk_sign(body, key, t if t is not None else round(time.time())),
+        "Content-Type": "application/json",
+    }
+
+
+def runs(db_url: str) -> int:
+    return query(db_url, "SELECT count(*) FROM poll_run")[0][0]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    from app.db.migrate import upgrade_to_head
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+    upgrade_to_head(url)
+    return url
+
+
+async def test_sdk_signed_requests_are_accepted(sqlite_url):
+    settings = make_settings(sqlite_url, inngest_signing_key_fallback=FALLBACK_KEY)
+    async with client_for(settings) as c:
+        for body in (b"", b"{}", b'{ "user_ids" : ["nobody"] }'):
+            r = await c.post("/api/poll", content=body, headers=signed(body))
+            assert r.status_code == 200, r.text
+        # Key rotation: the fallback key is accepted too.
+        r = await c.post("/api/poll", content=b"{}", headers=signed(b"{}", FALLBACK_KEY))
+        assert r.status_code == 200
+        r = await c.post("/api/poll", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
+        assert r.status_code == 200
+    assert runs(sqlite_url) == 5
+
+
+@pytest.mark.parametrize(
+    ("case", "check"),
+    [
+        ("tampered body", "bad_signature"),
+        ("wrong key", "bad_signature"),
+        ("stale", "stale_timestamp"),
+        ("future", "future_timestamp"),
+        ("no t", "missing_timestamp"),
+        ("other body", "bad_signature"),
+        ("nothing", "missing_credentials"),
+        ("bad bearer", "bad_token"),
+        ("basic scheme", "wrong_scheme"),
+    ],
+)
+async def test_bad_credentials_are_refused_and_run_nothing(sqlite_url, case, check):
+    body = b'{"user_ids": ["a"]}'
+    now = round(time.time())
+    headers: dict[str, str] = {}
+    content = body
+    if case == "tampered body":
+        headers = signed(body)
+        content = b'{"user_ids": ["b"]}'
+    elif case == "wrong key":
+        headers = signed(body, "signkey-test-" + "00" * 32)
+    elif case == "stale":
+        headers = signed(body, t=now - 301)
+    elif case == "future":
+        headers = signed(body, t=now + 301)
+    elif case == "no t":
+        sig = signed(body)["X-Inngest-Signature"]
+        headers = {"X-Inngest-Signature": sig.split("&", 1)[1]}
+    elif case == "other body":
+        headers = signed(b"{}")
+    elif case == "bad bearer":
+        headers = {"Authorization": "Bearer not-the-key"}
+    elif case == "basic scheme":
+        headers = {"Authorization": f"Basic {SIGNING_KEY}"}
+    async with client_for(make_settings(sqlite_url)) as c:
+        r = await c.post("/api/poll", content=content, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["x-inngest-no-retry"] == "true"
+    assert r.json()["detail"]["check"] == check
+    assert SIGNING_KEY[13:] not in r.text
+    assert runs(sqlite_url) == 0
+
+
+async def test_no_key_configured_refuses_everything_unless_unsigned_allowed(sqlite_url):
+    async with client_for(make_settings(sqlite_url, inngest_signing_key=None)) as c:
+        r = await c.post("/api/poll", headers={"Authorization": "Bearer "})
+        assert r.status_code == 401
+        assert r.json()["detail"]["check"] in ("no_key_configured", "missing_credentials")
+        r = await c.post("/api/poll")
+        assert r.status_code == 401
+    assert runs(sqlite_url) == 0
+    unsigned = make_settings(sqlite_url, inngest_signing_key=None, allow_unsigned_polls=True)
+    async with client_for(unsigned) as c:
+        assert (await c.post("/api/poll")).status_code == 200
+    assert runs(sqlite_url) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b'{"user_ids": "abc"}', 422, "user_ids"),
+        (b'{"user_ids": [1, 2]}', 422, "user_ids"),
+        (b'{"user_ids": []}', 422, "user_ids"),
+        (b'{"users": ["a"]}', 422, "users"),
+        (b"[1, 2]", 422, "object"),
+        (b'"text"', 422, "object"),
+        (b"\xff\xfe{}", 422, "UTF-8"),
+    ],
+)
+async def test_invalid_bodies_get_clear_4xx(sqlite_url, body, status, fragment):
+    async with client_for(make_settings(sqlite_url)) as c:
+        r = await c.post(
+            "/api/poll", content=body, headers={"Authorization": f"Bearer {SIGNING_KEY}"}
+        )
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+    assert runs(sqlite_url) == 0
+
+
+async def test_oversized_body_is_413_before_anything_else(sqlite_url):
+    settings = make_settings(sqlite_url)
+    big = json.dumps({"user_ids": ["x" * 100] * 1000}).encode()
+    assert len(big) > settings.max_request_body_bytes
+    async with client_for(settings) as c:
+        r = await c.post("/api/poll", content=big, headers=signed(big))
+        assert r.status_code == 413
+        # Without a Content-Length header (chunked), the stream is cut at the limit too.
+
+        async def chunks():
+            for i in range(0, len(big), 4096):
+                yield big[i : i + 4096]
+
+        r = await c.post("/api/poll", content=chunks(), headers=signed(big))
+        assert r.status_code == 413
+    assert runs(sqlite_url) == 0
+
+
+def test_gitlab_down_stops_the_run_with_503(db_url):
+    with SimulatorServer(seed=5, users=6, projects=2, issues=3, merge_requests=1, notes=1) as sim:
+        for i in range(1, 7):
+            add_user(db_url, f"u{i}@example.com", sim.token(f"user{i}"), [project_tuple(sim, 2)])
+        sim.world.add_fault(kind="status", status=503, path=r"/api/v4/projects/")
+        settings = make_settings(
+            db_url, sim.url, poll_concurrency=1, gitlab_down_threshold=3, user_sync_attempts=2
+        )
+
+        async def go():
+            async with client_for(settings) as c:
+                return await c.post("/api/poll", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
+
+        import asyncio
+
+        r = asyncio.run(go())
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) > 0
+    s = r.json()
+    reasons = [u["reason"] for u in s["users"]]
+    assert reasons.count("gitlab_unavailable") == 3  # the rest were not started
+    assert s["failed"] == 3 and s["skipped"] == 3 and s["success"] is False
+    assert query(db_url, 'SELECT count(*) FROM "LastSync"') == [(0,)]
+    assert query(db_url, "SELECT count(*) FROM sync_cursor WHERE cursor_at IS NOT NULL") == [(0,)]
+
+
+def test_transient_failure_retries_the_user_resuming_from_cursors(db_url):
+    import asyncio
+
+    with SimulatorServer(seed=6, users=2, projects=3, issues=5, merge_requests=2, notes=1) as sim:
+        uid = add_user(
+            db_url,
+            "u1@example.com",
+            sim.token("user1"),
+            [project_tuple(sim, p) for p in (1, 2)],
+        )
+        # Project 2's issue listing fails more times than one request retries (4 attempts).
+        sim.world.add_fault(kind="status", status=502, path=r"/projects/2/issues$", count=4)
+        settings = make_settings(db_url, sim.url)
+
+        async def go():
+            async with client_for(settings) as c:
+                return await c.post("/api/poll", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
+
+        r = asyncio.run(go())
+        reqs = sim.world.requests()
+    s = r.json()
+    user = s["users"][0]
+    assert user["user_id"] == uid and user["status"] == "processed", s
+    assert user["attempts"] == 2
+    # Project 1 synced in the first attempt and was not fetched again.
+    p1_lists = [q for q in reqs if q["path"] == "/api/v4/projects/1/issues"]
+    assert len(p1_lists) == 1
+    assert query(db_url, 'SELECT count(*) FROM "LastSync"') == [(1,)]
+
+
+def test_sync_status_and_metrics(db_url):
+    import asyncio
+
+    with SimulatorServer(seed=7, users=2, projects=3, issues=4, merge_requests=2, notes=1) as sim:
+        uid = add_user(
+            db_url,
+            "u1@example.com",
+            sim.token("user1"),
+            [project_tuple(sim, p) for p in (1, 2)] + [("999", "Gone", "gone/project")],
+        )
+        settings = make_settings(db_url, sim.url)
+
+        async def go():
+            auth = {"Authorization": f"Bearer {SIGNING_KEY}"}
+            async with client_for(settings) as c:
+                poll = await c.post("/api/poll", headers=auth)
+                status = await c.get("/api/sync-status", headers=auth)
+                one = await c.get(f"/api/sync-status?user_id={uid}", headers=auth)
+                unauth = await c.get("/api/sync-status")
+                signed_get = await c.get("/api/sync-status", headers=signed(b""))
+                metrics = await c.get("/metrics")
+                ready = await c.get("/readyz")
+                return poll, status, one, unauth, signed_get, metrics, ready
+
+        poll, status, one, unauth, signed_get, metrics, ready = asyncio.run(go())
+    assert poll.status_code == 200
+    assert unauth.status_code == 401 and signed_get.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok"}
+    body = status.json()
+    assert body == one.json()
+    (user,) = body["users"]
+    assert user["last_sync_at"] is None  # one project failed: LastSync held back
+    projects = {p["gitlab_project_id"]: p for p in user["projects"]}
+    assert projects["1"]["cursor_at"] and projects["2"]["cursor_at"]
+    assert projects["999"]["cursor_at"] is None and "404" in projects["999"]["last_error"]
+    assert body["recent_runs"]["count"] == 1
+    text = metrics.text
+    assert 'gitlab_insights_poll_runs_total{result="failure"}' in text
+    assert (
+        'gitlab_insights_gitlab_requests_total{endpoint="/projects/:id/issues",status="200"}'
+        in text
+    )
+    assert 'gitlab_insights_events_total{action="stored",type="issue"}' in text
