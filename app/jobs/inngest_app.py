@@ -155,6 +155,10 @@ async def list_targets(deps: SyncDeps, user_ids: Sequence[str] | None) -> dict[s
     return {"user_ids": targets, "not_found": not_found, "no_projects": no_projects}
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def outcome_result(user_id: str, outcome: PollOutcome, manual: bool) -> dict[str, Any]:
     """The function's return value, or the SDK error that tells Inngest what to do next."""
     import inngest
@@ -189,18 +193,17 @@ def create_functions(
 
     async def on_polling_failure(ctx: inngest.Context) -> None:
         # The inngest/function.failed event: the failed run's id, its error, its event.
-        data = dict(ctx.event.data)
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        original = data.get("event") if isinstance(data.get("event"), dict) else {}
+        data = ctx.event.data
+        error = _as_dict(data.get("error"))
         logger.bind(
             inngest_run_id=data.get("run_id"),
             function_id=data.get("function_id"),
-            trigger_event=cast(dict, original).get("name"),
+            trigger_event=_as_dict(data.get("event")).get("name"),
         ).error(
             "{}: all retries exhausted: {}: {}",
             POLLING_FN_ID,
-            cast(dict, error).get("name", "Error"),
-            cast(dict, error).get("message", ""),
+            error.get("name", "Error"),
+            error.get("message", ""),
         )
 
     @client.create_function(
@@ -334,7 +337,12 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
         )
         return False
 
-    import inngest.fast_api
+    try:
+        import inngest.fast_api
+    except ImportError:
+        # INNGEST_SIGNING_KEY also guards /api/poll: a deployment without the SDK keeps that.
+        logger.warning("Inngest disabled: the inngest SDK is not installed (inngest==0.5.19)")
+        return False
 
     client = create_client(settings)
     functions = create_functions(client, settings, _app_deps(app))
@@ -358,7 +366,9 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
     app.include_router(router)
     app.state.inngest_client = client
     if not dev and settings.inngest_event_key is None:
-        logger.warning("INNGEST_EVENT_KEY is not set: the fan-out cannot send user.sync events")
+        logger.warning(
+            "INNGEST_EVENT_KEY is not set: gitlab-api-polling cannot send user.sync events"
+        )
     logger.info(
         "Inngest app '{}' served at /api/inngest ({} mode, {} functions)",
         APP_ID,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import threading
 import time
 import uuid
@@ -423,6 +424,32 @@ def test_disabled_without_signing_key_or_dev_mode(sqlite_url, fake_inngest) -> N
 
     enabled = create_app(inngest_settings(sqlite_url))
     assert {"get", "put", "post"} <= set(enabled.openapi()["paths"]["/api/inngest"])
+
+
+def test_sdk_missing_leaves_the_service_running(sqlite_url, fake_inngest, monkeypatch) -> None:
+    # INNGEST_SIGNING_KEY also guards /api/poll; without the SDK only /api/inngest goes.
+    monkeypatch.setitem(sys.modules, "inngest.fast_api", None)
+    app = create_app(inngest_settings(sqlite_url))
+    paths = app.openapi()["paths"]
+    assert "/api/poll" in paths and "/api/inngest" not in paths
+
+
+@pytest.mark.parametrize(
+    ("value", "dev", "url"),
+    [
+        (None, False, None),
+        ("0", False, None),
+        ("false", False, None),
+        ("1", True, None),
+        ("true", True, None),
+        ("http://127.0.0.1:8288", True, "http://127.0.0.1:8288"),
+        ("localhost:8288", True, "http://localhost:8288"),
+    ],
+)
+def test_inngest_dev_is_read_like_the_sdk(sqlite_url, value, dev, url) -> None:
+    settings = inngest_settings(sqlite_url, inngest_dev=value)
+    assert inngest_app.dev_mode(settings) is dev
+    assert inngest_app.dev_server_url(settings) == url
 
 
 async def test_signed_introspection_and_in_band_sync_list_both_functions(
