@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from app import metrics
 from app.settings import Settings
+
+
+class TimedPool(AsyncAdaptedQueuePool):
+    """The default async pool, timing every checkout (queue wait, connect, pre-ping)."""
+
+    def connect(self) -> Any:
+        started = perf_counter()
+        try:
+            return super().connect()
+        finally:
+            metrics.DB_CONNECTION_WAIT.observe(perf_counter() - started)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # recreate() (dispose, invalidation) builds the same class: the timing survives it.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "poolclass": TimedPool}
     if settings.is_sqlite:
         # Many concurrent writers on one file: wait for the lock instead of failing.
         kwargs["connect_args"] = {"timeout": 30}
@@ -28,7 +43,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         _configure_sqlite(engine)
+    _count_checkouts(engine)
     return engine
+
+
+def _count_checkouts(engine: AsyncEngine) -> None:
+    """Connections in use, across every engine of the process (inc/dec, never set)."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        record.info["gi_checked_out"] = True
+        metrics.DB_POOL_CHECKED_OUT.inc()
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        # Also fires for invalidated connections; the flag keeps inc/dec paired.
+        if record is not None and record.info.pop("gi_checked_out", False):
+            metrics.DB_POOL_CHECKED_OUT.dec()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
