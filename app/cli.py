@@ -38,11 +38,16 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
+    """Settings for a command, with its logs on stderr (stdout is the command's output)."""
+    from app.logging import configure_logging
+
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    configure_logging(settings, stream="stderr")
+    return settings
 
 
 def run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:

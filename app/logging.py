@@ -246,11 +246,12 @@ def _pretty_line(record: Any) -> str:
     return line + "\n"
 
 
-def _stdout_sink(render: Any) -> Any:
+def _stream_sink(render: Any, stream: str) -> Any:
     def sink(message: Any) -> None:
-        # sys.stdout is looked up per write so a replaced stdout (tests, reloaders) works.
-        sys.stdout.write(render(message.record))
-        sys.stdout.flush()
+        # The stream is looked up per write so a replaced one (tests, reloaders) works.
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.write(render(message.record))
+        out.flush()
 
     return sink
 
@@ -288,6 +289,8 @@ _STDLIB_LEVELS = {
     "sqlalchemy": "WARNING",
     "sqlalchemy.engine": "WARNING",
     "sqlalchemy.pool": "WARNING",
+    # Pool subclasses log under their own module path ("Pool disposed" at INFO).
+    "app.db.engine": "WARNING",
     "httpx": "WARNING",
     "httpcore": "WARNING",
     "asyncio": "WARNING",
@@ -297,8 +300,11 @@ _handler_ids: list[int] = []
 _configure_lock = threading.Lock()
 
 
-def configure_logging(settings: Settings) -> None:
-    """Install the redacting patcher, one stdout sink and stdlib interception. Idempotent.
+def configure_logging(settings: Settings, *, stream: str = "stdout") -> None:
+    """Install the redacting patcher, one sink and stdlib interception. Idempotent.
+
+    The server logs to stdout; command-line tools pass stream="stderr" so their own output
+    (tables, --json) stays clean.
 
     Run uvicorn with ``log_config=None`` (or call this after it starts): its default
     dictConfig would otherwise put its own, unredacted handlers back.
@@ -316,7 +322,7 @@ def configure_logging(settings: Settings) -> None:
         render = _json_line if settings.log_format == "json" else _pretty_line
         _handler_ids.append(
             logger.add(
-                _stdout_sink(render),
+                _stream_sink(render, stream),
                 level=settings.log_level,
                 format="{message}",
                 colorize=False,
