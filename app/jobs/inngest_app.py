@@ -22,6 +22,7 @@ import datetime
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -276,7 +277,11 @@ def create_functions(
         manual = data.get("manual") is True
         # Not a step: one call per attempt is all this function does, and a step would cost
         # a second request per user for nothing.
-        outcome = await run_poll(get_deps(), user_ids=[user_id], trigger="inngest", manual=manual)
+        # Inngest retries this function (3 retries with its own backoff): one in-process
+        # attempt per Inngest attempt, or a bad user would be tried 4 x 4 times.
+        deps = get_deps()
+        once = replace(deps, settings=deps.settings.model_copy(update={"user_sync_attempts": 1}))
+        outcome = await run_poll(once, user_ids=[user_id], trigger="inngest", manual=manual)
         logger.bind(
             inngest_run_id=ctx.run_id, run_id=outcome.summary.run_id, attempt=ctx.attempt
         ).debug("inngest user sync finished")
@@ -299,6 +304,10 @@ def _fresh_signature_gate(settings: Settings) -> Callable[[Request], Any]:
         header = request.headers.get(SIGNATURE_HEADER)
         if header is None:
             return  # the SDK refuses unsigned invokes and introspection in cloud mode
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_request_body_bytes * 16:
+            # Inngest step payloads grow with memoized steps: a generous, finite bound.
+            raise HTTPException(status_code=413, detail={"error": "body_too_large"})
         body = await request.body()  # cached by Starlette for the SDK's handler
         try:
             verify_inngest_signature(
