@@ -205,12 +205,12 @@ class UserSync:
 
     # --- projects ---------------------------------------------------------------------
 
-    async def _store(self, rows: list[EventRow]) -> repo.UpsertCounts:
-        if not rows:
-            return repo.UpsertCounts()
+    async def _store(self, batches: list[list[EventRow]]) -> list[repo.UpsertCounts]:
+        """Store several batches of rows in one transaction (one round trip each)."""
+        if not any(batches):
+            return [repo.UpsertCounts() for _ in batches]
         async with self.deps.sessionmaker() as s, s.begin():
-            counts = await repo.upsert_events(s, self.user_id, rows)
-        return counts
+            return [await repo.upsert_events(s, self.user_id, rows) for rows in batches]
 
     async def _sync_list(
         self,
@@ -221,7 +221,11 @@ class UserSync:
         since: datetime | None,
         outcome: _ProjectOutcome,
     ) -> None:
-        """Every page of issues (or MRs) since `since`, with their new notes, stored."""
+        """Every page of issues (or MRs) since `since`, with their new notes, stored.
+
+        A page is stored together with its items' new notes, in one transaction, as soon as
+        those notes arrived (one transaction per page instead of one per item with notes).
+        """
         pages = (
             client.issues(project.gitlabProjectId, since)
             if kind == "Issue"
@@ -234,19 +238,19 @@ class UserSync:
         async def handle(page: list[GitLabIssue] | list[GitLabMergeRequest]) -> None:
             try:
                 rows = [transform_item(item, ref) for item in page]  # type: ignore[arg-type]
-                counts = await self._store(rows)
-                outcome.stored += counts.inserted
-                outcome.updated += counts.updated
-                metrics.EVENTS.labels(event_type, "stored").inc(counts.inserted)
-                metrics.EVENTS.labels(event_type, "updated").inc(counts.updated)
                 noted = [item for item in page if item.user_notes_count > 0]
+                notes: list[EventRow] = []
                 if noted:
-                    await asyncio.gather(
-                        *(
-                            self._sync_notes(client, project, ref, kind, it, since, outcome)
-                            for it in noted
-                        )
-                    )
+                    for part in await asyncio.gather(
+                        *(self._fetch_notes(client, project, ref, kind, it, since) for it in noted)
+                    ):
+                        notes.extend(part)
+                items_counts, notes_counts = await self._store([rows, notes])
+                for label, counts in ((event_type, items_counts), ("comment", notes_counts)):
+                    outcome.stored += counts.inserted
+                    outcome.updated += counts.updated
+                    metrics.EVENTS.labels(label, "stored").inc(counts.inserted)
+                    metrics.EVENTS.labels(label, "updated").inc(counts.updated)
             finally:
                 gate.release()
 
@@ -256,7 +260,7 @@ class UserSync:
                 await gate.acquire()
                 tg.create_task(handle(page))
 
-    async def _sync_notes(
+    async def _fetch_notes(
         self,
         client: GitLabClient,
         project: MonitoredProject,
@@ -264,18 +268,13 @@ class UserSync:
         kind: NoteableType,
         item: GitLabIssue | GitLabMergeRequest,
         since: datetime | None,
-        outcome: _ProjectOutcome,
-    ) -> None:
+    ) -> list[EventRow]:
         rows: list[EventRow] = []
         async for page in client.notes(
             project.gitlabProjectId, kind, item.iid, since, noteable_web_url=item.web_url
         ):
             rows.extend(transform_note(note, ref) for note in page)
-        counts = await self._store(rows)
-        outcome.stored += counts.inserted
-        outcome.updated += counts.updated
-        metrics.EVENTS.labels("comment", "stored").inc(counts.inserted)
-        metrics.EVENTS.labels("comment", "updated").inc(counts.updated)
+        return rows
 
     async def _sync_project(
         self,
