@@ -7,6 +7,7 @@ import socket
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -480,7 +481,9 @@ def test_unreachable_database_gives_clean_error() -> None:
 
 
 def test_bad_credentials_give_clean_error(empty_pg_url: str) -> None:
-    bad = empty_pg_url.replace("//gi:gi@", "//gi:wr0ng-pw@", 1)
+    parts = urlsplit(empty_pg_url)
+    netloc = f"{parts.username}:wr0ng-pw@{parts.hostname}:{parts.port or 5432}"
+    bad = urlunsplit(parts._replace(netloc=netloc))
     assert bad != empty_pg_url
     # Local trust authentication would accept any password; only assert when rejected.
     try:
