@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
 from app.sync.poller import run_poll
@@ -16,12 +16,27 @@ from app.sync.results import PollSummary
 router = APIRouter(tags=["poll"])
 
 
+def _storable_id(value: str) -> str:
+    # JSON escapes can smuggle in what no database text column holds (a lone surrogate,
+    # NUL): refuse them here as a bad request instead of failing in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+UserId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable_id)]
+
+
 class PollRequest(BaseModel):
     """Empty body or `{}`: every user with a monitored project. `user_ids`: a manual refresh."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_ids: list[str] | None = Field(
+    user_ids: list[UserId] | None = Field(
         None,
         min_length=1,
         max_length=1000,
@@ -46,7 +61,8 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
     if not raw.strip():
         return PollRequest()
     try:
-        data = json.loads(raw)
+        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return _invalid("body must be empty or a UTF-8 JSON object")
     if not isinstance(data, dict):
