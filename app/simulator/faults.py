@@ -23,7 +23,8 @@ FAULT_KINDS: tuple[str, ...] = ("status", "rate_limit", "slow", "drop", "malform
 class FaultSpec:
     """One fault rule.
 
-    kind: status (answer `status`: 500/502/503), rate_limit (429 with Retry-After as
+    kind: status (answer `status`: 403 missing scope, or 500/502/503), rate_limit (429 with
+    Retry-After as
     `retry_after` seconds, or as an HTTP date when retry_after_format="date"; body JSON
     `{"message":"Retry later"}` or plain text when body_format="text"), slow (sleep `delay`
     seconds, then answer normally), drop (announce a Content-Length, send part, close the
@@ -50,8 +51,8 @@ class FaultSpec:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {FAULT_KINDS}")
-        if self.kind == "status" and self.status not in (500, 502, 503, 504):
-            raise ValueError("status faults answer 500, 502, 503 or 504")
+        if self.kind == "status" and self.status not in (403, 500, 502, 503, 504):
+            raise ValueError("status faults answer 403, 500, 502, 503 or 504")
         if self.probability is not None and not 0.0 <= self.probability <= 1.0:
             raise ValueError("probability must be within [0, 1]")
         if self.count is not None and self.count < 0:

@@ -123,7 +123,15 @@ class GitLabLayer:
 
     async def _apply(self, f: FaultSpec, scope: Scope, receive: Any, send: Any) -> None:
         if f.kind == "status":
-            if f.status == 500:
+            if f.status == 403:
+                # A token without the read_api/api scope (GitLab's own body).
+                body = (
+                    b'{"error":"insufficient_scope","error_description":"The request requires'
+                    b' higher privileges than provided by the access token.",'
+                    b'"scope":"api read_api"}'
+                )
+                ctype = "application/json"
+            elif f.status == 500:
                 body, ctype = b'{"message":"500 Internal Server Error"}', "application/json"
             else:
                 # 502/503 come from the proxy in front of GitLab: HTML, not JSON.

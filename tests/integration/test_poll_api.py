@@ -265,3 +265,61 @@ def test_sync_status_and_metrics(db_url):
         in text
     )
     assert 'gitlab_insights_events_total{action="stored",type="issue"}' in text
+
+
+def test_forbidden_project_is_reported_loudly_and_keeps_its_cursor(db_url):
+    """A peer tool ignores a 403 silently and moves its cursor; we report it and do not."""
+    import asyncio
+
+    with SimulatorServer(seed=8, users=2, projects=3, issues=4, merge_requests=2, notes=1) as sim:
+        empty = sim.world.create_project("empty/project", members=["user1"])
+        uid = add_user(
+            db_url,
+            "u1@example.com",
+            sim.token("user1"),
+            [project_tuple(sim, p) for p in (1, 2, empty.id)],
+        )
+        sim.world.add_fault(kind="status", status=403, path=r"/projects/2/")
+        settings = make_settings(db_url, sim.url)
+
+        async def go():
+            async with client_for(settings) as c:
+                return await c.post("/api/poll", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
+
+        s = asyncio.run(go()).json()
+    (user,) = s["users"]
+    assert user["user_id"] == uid and user["status"] == "failed"
+    assert [(f["gitlab_project_id"], f["error"], f["status"]) for f in user["failed_projects"]] == [
+        ("2", "GitLabForbidden", 403)
+    ]
+    cursors = dict(query(db_url, "SELECT gitlab_project_id, cursor_at FROM sync_cursor"))
+    assert cursors["2"] is None
+    assert cursors["1"] is not None and cursors[str(empty.id)] is not None  # empty is fine
+    assert user["attempts"] == 1  # a 403 is not transient: not retried
+
+
+def test_changes_made_during_a_run_are_picked_up_by_the_next(db_url):
+    """The original set its watermark at the END of the run and lost changes made meanwhile."""
+    import threading
+
+    from tests.support import LiveServer, assert_equal_truth
+
+    with SimulatorServer(seed=9, users=1, projects=1, issues=250, merge_requests=0, notes=0) as sim:
+        uid = add_user(db_url, "u1@example.com", sim.token("user1"), [project_tuple(sim, 1)])
+        # Slow pages: the run lasts long enough to edit items while it is under way.
+        sim.world.configure(latency_ms=300)
+        with LiveServer(make_settings(db_url, sim.url)) as server:
+            t = threading.Thread(target=server.poll)
+            t.start()
+            deadline = time.monotonic() + 10
+            while not sim.world.requests() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            # Edit an item that is on a page not yet read, and one already read.
+            w = sim.world
+            w.update_issue(1, 1, title="changed during the run (old item)")
+            w.update_issue(1, 250, title="changed during the run (new item)")
+            t.join()
+            sim.world.configure(latency_ms=0)
+            assert server.poll().status_code == 200
+        assert_equal_truth(db_url, uid, sim, "user1", [1])
