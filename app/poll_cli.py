@@ -1,0 +1,218 @@
+"""`gitlab-insights poll` (one poll in-process, no server) and `gitlab-insights demo`.
+
+`poll` builds what the app's lifespan builds (engine, sessionmaker, the shared GitLab client,
+SyncDeps) and calls run_poll directly: the same run, the same summary and the same poll_run
+record (trigger "cli") as a scheduled call to /api/poll, without HTTP or a signing key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
+
+import typer
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from app.sync.poller import PollOutcome
+    from app.sync.results import PollSummary, UserResult
+
+CLI_TRIGGER = "cli"
+
+
+class UnknownUsers(Exception):
+    pass
+
+
+class Progress:
+    """Users done of total and events stored, on stderr: one updating line on a terminal,
+    one line per user otherwise (logs, CI)."""
+
+    def __init__(self, stream: TextIO, emails: dict[str, str]) -> None:
+        self.stream = stream
+        self.emails = emails
+        self.live = stream.isatty()
+        self.stored = 0
+        self.updated = 0
+        self._width = 0
+
+    def start(self) -> None:
+        self._write("polling...")
+
+    def __call__(self, result: UserResult, done: int, total: int) -> None:
+        self.stored += result.stored
+        self.updated += result.updated
+        counts = f"{done}/{total} users done, {self.stored} events stored"
+        if self.live:
+            self._write(f"polling: {counts}")
+        else:
+            who = self.emails.get(result.user_id, result.user_id)
+            why = f" ({result.reason})" if result.reason else ""
+            self.stream.write(f"  {who}: {result.status}{why}, +{result.stored}  [{counts}]\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.live and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+    def _write(self, line: str) -> None:
+        if not self.live:
+            self.stream.write(line + "\n")
+        else:
+            # Pad over the previous, possibly longer, line.
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = max(self._width, len(line))
+        self.stream.flush()
+
+
+async def poll_once(
+    settings: Settings,
+    emails: list[str],
+    *,
+    progress_stream: TextIO | None = None,
+) -> tuple[PollOutcome, dict[str, str]]:
+    """One poll of everyone (or of the given users); returns the outcome and id -> e-mail."""
+    from app.db import repository as repo
+    from app.db.engine import create_engine, create_sessionmaker
+    from app.main import create_http_client
+    from app.sync.poller import run_poll
+    from app.sync.user_sync import SyncDeps
+
+    engine = create_engine(settings)
+    http = create_http_client(settings)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as s:
+            users = await repo.list_users(s)
+        by_email = {u.email: u.id for u in users if u.email}
+        unknown = [e for e in dict.fromkeys(emails) if e not in by_email]
+        if unknown:
+            raise UnknownUsers(f"no user with e-mail {', '.join(unknown)}")
+        ids = [by_email[e] for e in dict.fromkeys(emails)] or None
+        names = {u.id: u.email or u.id for u in users}
+        progress = Progress(progress_stream, names) if progress_stream is not None else None
+        if progress is not None:
+            progress.start()
+        deps = SyncDeps(settings=settings, sessionmaker=sessionmaker, http=http)
+        try:
+            outcome = await run_poll(deps, user_ids=ids, trigger=CLI_TRIGGER, on_user_done=progress)
+        finally:
+            if progress is not None:
+                progress.finish()
+        return outcome, names
+    finally:
+        await http.aclose()
+        await engine.dispose()
+
+
+def endpoint_json(summary: PollSummary) -> str:
+    """Byte for byte what /api/poll answers (Starlette's JSONResponse rendering)."""
+    return json.dumps(
+        summary.model_dump(mode="json"),
+        ensure_ascii=False,
+        allow_nan=False,
+        indent=None,
+        separators=(",", ":"),
+    )
+
+
+def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
+    from app.cli import _table
+
+    s = outcome.summary
+    if s.users:
+        rows = [
+            [
+                emails.get(u.user_id, u.user_id),
+                u.status,
+                u.reason or "-",
+                str(u.stored),
+                str(u.updated),
+                str(u.projects),
+                str(u.attempts),
+                str(u.duration_ms),
+            ]
+            for u in s.users
+        ]
+        _table(
+            ["user", "status", "reason", "stored", "updated", "projects", "attempts", "ms"], rows
+        )
+        failures = [(u, f) for u in s.users for f in u.failed_projects]
+        for u, f in failures:
+            who = emails.get(u.user_id, u.user_id)
+            typer.echo(f"  {who}: {f.project_path} failed: {f.error}: {f.message}")
+        typer.echo("")
+    else:
+        typer.echo("no users with monitored projects")
+    verdict = "success" if s.success and outcome.status_code != 503 else "FAILED"
+    typer.echo(
+        f"run {s.run_id} ({verdict}, HTTP {outcome.status_code}): {s.processed} processed, "
+        f"{s.failed} failed, {s.skipped} skipped of {s.total} users; "
+        f"{s.events.stored} events stored, {s.events.updated} updated in {s.duration_ms} ms"
+    )
+    if s.error:
+        retry = f" (retry after {outcome.retry_after}s)" if outcome.retry_after else ""
+        typer.echo(f"error: {s.error}{retry}")
+
+
+def poll(
+    user: Annotated[
+        list[str] | None,
+        typer.Option("--user", help="Only this user's e-mail (repeatable): a manual refresh"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON /api/poll answers, nothing else")
+    ] = False,
+) -> None:
+    """Run one poll now, in this process (no server needed), and print the summary."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from app.cli import _db_error, fail, settings_or_exit
+    from app.logging import configure_logging
+
+    settings = settings_or_exit()
+    if "log_level" not in settings.model_fields_set:
+        # The progress line and the summary are the output; logs only when something is wrong.
+        settings = settings.model_copy(update={"log_level": "WARNING"})
+    emails = [e.strip() for e in user or []]
+    try:
+        # Logs go to stdout by design; stdout here is for the summary (or the JSON) alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            configure_logging(settings)
+            outcome, names = asyncio.run(poll_once(settings, emails, progress_stream=sys.stderr))
+    except UnknownUsers as exc:
+        fail(str(exc))
+        raise
+    except (OperationalError, DBAPIError, OSError) as exc:
+        fail(_db_error(exc))
+        raise
+    if as_json:
+        typer.echo(endpoint_json(outcome.summary))
+    else:
+        print_summary(outcome, names)
+    if not outcome.summary.success or outcome.status_code == 503:
+        raise typer.Exit(1)
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the service (0: any free port)", min=0)] = 8000,
+    directory: Annotated[
+        str, typer.Option("--dir", help="Folder for the demo's SQLite database (made fresh)")
+    ] = "./demo",
+    cron: Annotated[
+        str, typer.Option(help="When the built-in scheduler polls (5-field cron)")
+    ] = "* * * * *",
+) -> None:
+    """Run everything locally: GitLab simulator, SQLite, the service and its scheduler."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(port=port, directory=directory, cron=cron))
+
+
+def register(cli: Any) -> None:
+    cli.command("poll")(poll)
+    cli.command("demo")(demo)
