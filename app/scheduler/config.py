@@ -47,7 +47,7 @@ PLACEHOLDERS = {
 }
 _PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Stands in for ${SERVICE_URL} when an unfilled template is validated.
-_SAMPLE_SERVICE_URL = "https://service.example"
+SAMPLE_SERVICE_URL = "https://service.example"
 
 # Flags `gcloud scheduler jobs create http` documents (plus gcloud-wide ones a flags file may
 # carry). Anything else in the file is a typo gcloud would reject.
@@ -198,9 +198,9 @@ def locate(path: str | Path | None = None, *, cwd: Path | None = None) -> Schedu
         try:
             return SchedulerFile(p.read_text(encoding="utf-8"), str(p))
         except FileNotFoundError:
-            raise SchedulerConfigError([f"{p}: no such file"]) from None
+            raise SchedulerConfigError(["no such file"]) from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise SchedulerConfigError([f"{p}: cannot read ({type(exc).__name__})"]) from None
+            raise SchedulerConfigError([f"cannot read ({type(exc).__name__})"]) from None
     local = (cwd or Path.cwd()) / DEFAULT_FILE_NAME
     if local.is_file():
         return locate(local)
@@ -361,7 +361,7 @@ def load(source: SchedulerFile, values: dict[str, str] | None = None) -> Schedul
         names = ", ".join(f"${{{n}}}" for n in unknown)
         known = ", ".join(f"${{{n}}}" for n in PLACEHOLDERS)
         raise SchedulerConfigError([f"unknown placeholder {names} (known: {known})"])
-    samples = {"SERVICE_URL": _SAMPLE_SERVICE_URL, "SIGNING_KEY": "signkey-sample-0000"}
+    samples = {"SERVICE_URL": SAMPLE_SERVICE_URL, "SIGNING_KEY": "signkey-sample-0000"}
     return parse_flags(_substitute(data, {**samples, **(values or {})}))
 
 
