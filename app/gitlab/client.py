@@ -407,16 +407,27 @@ class GitLabClient:
         return await self._get("/user", "/user", _CURRENT_USER)
 
     def issues(
-        self, project_id: int | str, updated_after: datetime | None
+        self,
+        project_id: int | str,
+        updated_after: datetime | None,
+        *,
+        on_page: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[GitLabIssue]]:
         """Pages of the project's issues updated on or after `updated_after` (all if None).
 
         Nothing is requested until the first page is awaited; each item comes once.
+        `on_page` is called for every HTTP page received (yielded or not).
         """
-        return self._items(project_id, "issues", _ISSUES, updated_after, {}, keyset_fallback=True)
+        return self._items(
+            project_id, "issues", _ISSUES, updated_after, {}, keyset_fallback=True, on_page=on_page
+        )
 
     def merge_requests(
-        self, project_id: int | str, updated_after: datetime | None
+        self,
+        project_id: int | str,
+        updated_after: datetime | None,
+        *,
+        on_page: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[GitLabMergeRequest]]:
         """Pages of the project's MRs (every state) updated on or after `updated_after`."""
         return self._items(
@@ -426,6 +437,7 @@ class GitLabClient:
             updated_after,
             {"state": "all"},
             keyset_fallback=False,  # GitLab offers no keyset pagination for MRs
+            on_page=on_page,
         )
 
     async def notes(
@@ -495,6 +507,7 @@ class GitLabClient:
         extra: dict[str, str],
         *,
         keyset_fallback: bool,
+        on_page: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[ItemT]]:
         path = f"/projects/{project_ref(project_id)}/{kind}"
         template = f"/projects/:id/{kind}"
@@ -510,7 +523,8 @@ class GitLabClient:
 
         seen: set[int] = set()
         oldest: datetime | None = None
-        async with aclosing(self._pages(path, template, httpx.QueryParams(filters), adapter)) as it:
+        first = self._pages(path, template, httpx.QueryParams(filters), adapter, on_page)
+        async with aclosing(first) as it:
             while True:
                 # The 405 check wraps the fetch only, never the caller's work on a page.
                 try:
@@ -538,7 +552,8 @@ class GitLabClient:
         if oldest is not None:
             # Everything newer than `oldest` was read (descending order); resume below it.
             keyset["updated_before"] = format_gitlab_time(oldest + _TIMESTAMP_SLACK)
-        async with aclosing(self._pages(path, template, httpx.QueryParams(keyset), adapter)) as it:
+        rest = self._pages(path, template, httpx.QueryParams(keyset), adapter, on_page)
+        async with aclosing(rest) as it:
             async for page in it:
                 # Keyset never repeats an item: only the overlap with offset pages is filtered.
                 fresh = [item for item in page if item.id not in seen]
@@ -546,13 +561,20 @@ class GitLabClient:
                     yield fresh
 
     async def _pages(
-        self, path: str, template: str, params: httpx.QueryParams, adapter: TypeAdapter[list[T]]
+        self,
+        path: str,
+        template: str,
+        params: httpx.QueryParams,
+        adapter: TypeAdapter[list[T]],
+        on_page: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[T]]:
         """Every page, following rel=next until there is none (no page cap, no totals)."""
         url = self._base + path
         while True:
             call = _Call("GET", url, path, template, params, lambda r: parse_json(adapter, r, path))
             page, response = await self._send(call)
+            if on_page is not None:
+                on_page()
             yield page
             nxt = _next_params(response, params)
             if nxt is None:

@@ -50,6 +50,8 @@ from app.sync.transform import (
 TOKEN_EXPIRY_MARGIN = timedelta(seconds=30)
 # Pages of one list whose notes and storage may run while the next page is fetched.
 PAGES_IN_FLIGHT = 4
+# Re-listings of items changed during a multi-page fetch before the project is retried later.
+RELIST_PASSES = 3
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -219,18 +221,21 @@ class UserSync:
         ref: ProjectRef,
         kind: NoteableType,
         since: datetime | None,
+        fetch_started: datetime,
         outcome: _ProjectOutcome,
     ) -> None:
         """Every page of issues (or MRs) since `since`, with their new notes, stored.
 
         A page is stored together with its items' new notes, in one transaction, as soon as
         those notes arrived (one transaction per page instead of one per item with notes).
+
+        An item edited while a listing of several pages is read jumps to the already-read
+        first page (updated_at desc), so that listing never shows it. Its updated_at is then
+        at or after `fetch_started`: such items are listed again, their notes fetched from
+        `since`, until one listing fits on one page (one consistent answer). Without this the
+        next run would list the item again but read its notes only from its own `since`, and
+        every comment older than that was lost for good.
         """
-        pages = (
-            client.issues(project.gitlabProjectId, since)
-            if kind == "Issue"
-            else client.merge_requests(project.gitlabProjectId, since)
-        )
         transform_item = transform_issue if kind == "Issue" else transform_merge_request
         event_type = "issue" if kind == "Issue" else "merge_request"
         gate = asyncio.Semaphore(PAGES_IN_FLIGHT)
@@ -254,11 +259,41 @@ class UserSync:
             finally:
                 gate.release()
 
-        async with asyncio.TaskGroup() as tg:
-            async for page in pages:
-                # Bounded: at most PAGES_IN_FLIGHT pages held in memory at once.
-                await gate.acquire()
-                tg.create_task(handle(page))
+        handled: dict[int, datetime] = {}  # item id -> the updated_at stored in this fetch
+
+        async def drain(updated_after: datetime | None) -> int:
+            """Store one listing; return how many HTTP pages it took."""
+            pages = 0
+
+            def count() -> None:
+                nonlocal pages
+                pages += 1
+
+            listing = (
+                client.issues(project.gitlabProjectId, updated_after, on_page=count)
+                if kind == "Issue"
+                else client.merge_requests(project.gitlabProjectId, updated_after, on_page=count)
+            )
+            async with asyncio.TaskGroup() as tg:
+                async for page in listing:
+                    fresh = [it for it in page if handled.get(it.id) != it.updated_at]
+                    handled.update((it.id, it.updated_at) for it in fresh)
+                    if not fresh:
+                        continue
+                    # Bounded: at most PAGES_IN_FLIGHT pages held in memory at once.
+                    await gate.acquire()
+                    tg.create_task(handle(fresh))  # type: ignore[arg-type]
+            return pages
+
+        pages = await drain(since)
+        for _ in range(RELIST_PASSES):
+            if pages <= 1:
+                return
+            pages = await drain(fetch_started)
+        if pages > 1:
+            raise GitLabBadResponse(
+                "listing kept changing while it was read; retrying later", endpoint=""
+            )
 
     async def _fetch_notes(
         self,
@@ -291,10 +326,10 @@ class UserSync:
         ref = ProjectRef(project.gitlabProjectId, project.projectName, project.projectPath)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._sync_list(client, project, ref, "Issue", since, outcome))
-                tg.create_task(
-                    self._sync_list(client, project, ref, "MergeRequest", since, outcome)
-                )
+                for kind in ("Issue", "MergeRequest"):
+                    tg.create_task(
+                        self._sync_list(client, project, ref, kind, since, fetch_started, outcome)
+                    )
             async with self.deps.sessionmaker() as s, s.begin():
                 await repo.advance_cursor(s, self.user_id, project.gitlabProjectId, fetch_started)
         except Exception as exc:  # noqa: BLE001 - reported per project; cursor stays put
