@@ -331,7 +331,11 @@ def fill_placeholders(text: str, values: dict[str, str]) -> str:
     filled = "".join(fill_line(line) for line in text.splitlines(keepends=True))
     # Only values in quoted scalars survive the text substitution unchanged: prove it.
     expected = _substitute(_load_mapping(text), values)
-    if _load_mapping(filled) != expected:
+    try:
+        same = _load_mapping(filled) == expected
+    except SchedulerConfigError:
+        same = False
+    if not same:
         raise SchedulerConfigError(
             ["a filled placeholder changed the YAML structure: keep ${...} inside double quotes"]
         )

@@ -121,7 +121,9 @@ class _Attempt:
 class RunnerOptions:
     """Knobs for tests and the demo; production uses the defaults."""
 
-    # Fire every N seconds instead of on the cron (cron's granularity is a minute).
+    # Test hooks finer than cron's minute: a cron with a 6th field for seconds
+    # ('* * * * * */2', croniter's syntax) or a plain interval; either replaces the schedule.
+    cron: str | None = None
     interval_seconds: float | None = None
     # Multiplies every retry wait (tests shrink them to milliseconds).
     wait_scale: float = 1.0
@@ -410,6 +412,8 @@ def build_scheduler(
         raise SchedulerStartError(f"{origin}: " + "; ".join(exc.problems)) from None
     if options.interval_seconds is not None:
         schedule: Schedule = IntervalSchedule(options.interval_seconds)
+    elif options.cron is not None:
+        schedule = CronSchedule(options.cron, job.time_zone)
     else:
         cron, origin = effective_cron(job, settings)
         schedule = CronSchedule(cron, job.time_zone)

@@ -1,0 +1,308 @@
+"""scheduler.yaml: parsing, validation, placeholders, and the `scheduler render|check` commands."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from croniter import croniter
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.scheduler import config as sc
+from app.settings import load_settings
+
+REPO_FILE = Path(__file__).resolve().parents[2] / "scheduler.yaml"
+KEY = "signkey-prod-0123456789abcdef0123456789abcdef"
+
+# What `gcloud scheduler jobs create http --help` documents, with the value format of each
+# flag, written out here independently of app/scheduler/config.py.
+_GCLOUD_DURATION = re.compile(r"^(\d+(\.\d+)?[smhd])+$|^P(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
+
+
+def _duration(v: object) -> bool:
+    return isinstance(v, str) and bool(_GCLOUD_DURATION.match(v))
+
+
+def _cron(v: object) -> bool:
+    return isinstance(v, str) and len(v.split()) == 5 and croniter.is_valid(v)
+
+
+def _tz(v: object) -> bool:
+    try:
+        ZoneInfo(str(v))
+    except Exception:
+        return False
+    return True
+
+
+def _headers(v: object) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9-]+", k) and isinstance(x, str)
+        for k, x in v.items()
+    )
+
+
+GCLOUD_CREATE_HTTP_FLAGS = {
+    "--schedule": _cron,
+    "--uri": lambda v: isinstance(v, str) and re.match(r"^https?://[^/\s]+/\S*$", v) is not None,
+    "--attempt-deadline": _duration,
+    "--description": lambda v: isinstance(v, str),
+    "--headers": _headers,
+    "--http-method": lambda v: (
+        str(v).lower() in {"delete", "get", "head", "post", "put", "patch", "options"}
+    ),
+    "--max-backoff": _duration,
+    "--max-doublings": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "--max-retry-attempts": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "--max-retry-duration": _duration,
+    "--min-backoff": _duration,
+    "--time-zone": _tz,
+    "--message-body": lambda v: isinstance(v, str),
+    "--oidc-service-account-email": lambda v: isinstance(v, str),
+    "--oidc-token-audience": lambda v: isinstance(v, str),
+}
+
+
+@pytest.fixture
+def runner(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no ./scheduler.yaml: the packaged copy is used
+    for name in ("INNGEST_SIGNING_KEY", "SERVICE_URL", "INNGEST_POLLING_CRON", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    r = CliRunner()
+
+    def invoke(*args: str, **env: str):
+        return r.invoke(cli, list(args), env=env or None, catch_exceptions=False)
+
+    return invoke
+
+
+def _source(text: str) -> sc.SchedulerFile:
+    return sc.SchedulerFile(text, "test.yaml")
+
+
+GOOD = REPO_FILE.read_text(encoding="utf-8")
+
+
+# --- the shipped file ----------------------------------------------------------------------
+
+
+def test_embedded_copy_is_the_repository_file():
+    # `pip install .` has no scheduler.yaml next to it: the embedded copy must not drift.
+    assert sc.DEFAULT_SCHEDULER_YAML == GOOD
+
+
+def test_shipped_file_parses_and_passes_check():
+    source = sc.locate(REPO_FILE)
+    assert sc.check(source) == []
+    assert source.placeholders == ["SERVICE_URL", "SIGNING_KEY"]
+    job = sc.load(source, {"SERVICE_URL": "https://insights.example.com", "SIGNING_KEY": KEY})
+    assert job.schedule == "*/10 * * * *"
+    assert job.time_zone == "Etc/UTC"
+    assert job.uri == "https://insights.example.com/api/poll"
+    assert job.http_method == "POST"
+    assert job.headers["Authorization"] == f"Bearer {KEY}"
+    assert job.body == b"{}"
+    assert sc.MIN_ATTEMPT_DEADLINE <= job.attempt_deadline < timedelta(minutes=10)
+    assert job.retry.retry_count == 3
+    # Exponential: each wait doubles.
+    waits = [job.retry.delay(i) for i in (1, 2, 3)]
+    assert waits[1] == 2 * waits[0] and waits[2] == 2 * waits[1]
+
+
+def test_every_flag_is_documented_by_gcloud():
+    data = yaml.safe_load(GOOD)
+    assert set(data) <= set(GCLOUD_CREATE_HTTP_FLAGS)
+    assert {"--schedule", "--uri", "--time-zone", "--http-method", "--headers"} <= set(data)
+    assert {"--attempt-deadline", "--max-retry-attempts", "--min-backoff", "--max-backoff"} <= set(
+        data
+    )
+
+
+def test_locate_order(tmp_path):
+    assert sc.locate(cwd=tmp_path).text == sc.DEFAULT_SCHEDULER_YAML
+    local = tmp_path / "scheduler.yaml"
+    local.write_text(GOOD.replace("*/10 * * * *", "*/15 * * * *"))
+    assert "*/15" in sc.locate(cwd=tmp_path).text
+    other = tmp_path / "other.yaml"
+    other.write_text(GOOD.replace("*/10 * * * *", "*/5 * * * *"))
+    assert "*/5 *" in sc.locate(other, cwd=tmp_path).text
+    with pytest.raises(sc.SchedulerConfigError, match="no such file"):
+        sc.locate(tmp_path / "missing.yaml")
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _with(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (_with('"*/10 * * * *"', '"0 * * * *"'), "60-minute gap"),
+        (_with('"*/10 * * * *"', '"* * * * *"'), "1-minute gap"),
+        (_with('"*/10 * * * *"', '"*/10 * * * 1-5"'), "every 5 to 15 minutes"),
+        (_with('"*/10 * * * *"', '"*/10 * * *"'), "not a 5-field cron"),
+        (_with('"*/10 * * * *"', '"*/10 * * * * *"'), "not a 5-field cron"),
+        (_with('"*/10 * * * *"', '"every 10 minutes"'), "not a 5-field cron"),
+        (_with("Etc/UTC", "Mars/Olympus"), "--time-zone"),
+        (_with('"${SERVICE_URL}/api/poll"', '"${SERVICE_URL}/poll"'), "must end with /api/poll"),
+        (_with('"${SERVICE_URL}/api/poll"', '"ftp://host/api/poll"'), "not an http(s) URL"),
+        (_with('"${SERVICE_URL}/api/poll"', '"${SERVICE_URL}/api/poll?x=1"'), "query"),
+        (_with("--http-method: POST", "--http-method: GET"), "answers POST"),
+        (_with('Authorization: "Bearer ${SIGNING_KEY}"', "X-Other: a"), "Authorization"),
+        (_with("Content-Type: application/json", "X-CloudScheduler-Foo: a"), "sets or refuses"),
+        (_with("--attempt-deadline: 540s", "--attempt-deadline: 10s"), "15s..30m"),
+        (_with("--attempt-deadline: 540s", "--attempt-deadline: 31m"), "15s..30m"),
+        (_with("--attempt-deadline: 540s", "--attempt-deadline: soon"), "not a duration"),
+        (_with("--max-retry-attempts: 3", "--max-retry-attempts: 6"), "outside 0..5"),
+        (_with("--max-retry-attempts: 3", "--max-retry-attempts: -1"), "outside 0..5"),
+        (_with("--max-retry-attempts: 3", "--max-retry-attempts: three"), "whole number"),
+        (_with("--min-backoff: 30s", "--min-backoff: 1h"), "exceeds --max-backoff"),
+        (_with("--max-doublings: 2", "--max-doublings: -1"), "must not be negative"),
+        (GOOD + "--schedul: x\n", "not a flag of `gcloud scheduler jobs create http`"),
+        (GOOD + "schedule: x\n", "written with their dashes"),
+        (GOOD.replace("${SIGNING_KEY}", "${SIGNING_KEYS}"), "unknown placeholder"),
+        ("--schedule: [unclosed\n", "not valid YAML"),
+        ("- a\n- b\n", "YAML map"),
+        (GOOD.replace("--uri:", "--url:"), "--uri: required"),
+    ],
+)
+def test_check_reports_each_problem(text, expected):
+    problems = sc.check(_source(text))
+    assert problems, text
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("540s", 540), ("9m", 540), ("1h30m", 5400), ("PT9M", 540), ("P1DT1S", 86401), (15, 15)],
+)
+def test_parse_duration(value, seconds):
+    assert sc.parse_duration(value).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("value", ["", "s", "-5s", "5 minutes", "1x", True, -1])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        sc.parse_duration(value)
+
+
+def test_retry_delays_follow_cloud_scheduler():
+    # Cloud Scheduler's documented example: min 10s, max 300s, max doublings 3.
+    policy = sc.RetryPolicy(
+        retry_count=5,
+        min_backoff=timedelta(seconds=10),
+        max_backoff=timedelta(seconds=300),
+        max_doublings=3,
+    )
+    assert [policy.delay(i) for i in range(1, 9)] == [10, 20, 40, 80, 160, 240, 300, 300]
+
+
+def test_fill_placeholders_keeps_comments_and_quotes_safely():
+    tricky = 'signkey-x-a"b\\c'
+    filled = sc.fill_placeholders(GOOD, {"SERVICE_URL": "https://h.example", "SIGNING_KEY": tricky})
+    data = yaml.safe_load(filled)
+    assert data["--headers"]["Authorization"] == f"Bearer {tricky}"
+    assert data["--uri"] == "https://h.example/api/poll"
+    # The comments still explain the placeholders.
+    assert "#   ${SIGNING_KEY}" in filled
+    assert sc.SchedulerFile(filled, "x").placeholders == []
+
+
+def test_unquoted_placeholder_that_would_break_yaml_is_refused():
+    text = "--uri: ${SERVICE_URL}/api/poll\n"
+    with pytest.raises(sc.SchedulerConfigError, match="double quotes"):
+        sc.fill_placeholders(text, {"SERVICE_URL": "https://h.example/#: x"})
+
+
+def test_effective_cron():
+    job = sc.load(sc.locate(REPO_FILE))
+    assert sc.effective_cron(job, load_settings()) == ("*/10 * * * *", "scheduler.yaml")
+    # The default, even set explicitly (a copied .env.example), leaves the file in charge.
+    dflt = load_settings(inngest_polling_cron="*/10 * * * *")
+    assert sc.effective_cron(job, dflt)[1] == "scheduler.yaml"
+    fast = load_settings(inngest_polling_cron="* * * * *")
+    assert sc.effective_cron(job, fast) == ("* * * * *", "INNGEST_POLLING_CRON")
+
+
+def test_service_base_url():
+    assert sc.service_base_url("https://h.example/") == "https://h.example"
+    assert sc.service_base_url("https://h.example/sub/api/poll") == "https://h.example/sub"
+    with pytest.raises(sc.SchedulerConfigError):
+        sc.service_base_url("h.example")
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def test_check_command_ok(runner):
+    r = runner("scheduler", "check")
+    assert r.exit_code == 0, r.output
+    assert "ok: built-in default scheduler.yaml" in r.output
+    assert "retries: 3" in r.output
+    r = runner("scheduler", "check", "--file", str(REPO_FILE))
+    assert r.exit_code == 0, r.output
+
+
+def test_check_command_problems(runner, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_with("--max-retry-attempts: 3", "--max-retry-attempts: 9"))
+    r = runner("scheduler", "check", "--file", str(bad))
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines == [f"error: {bad}: --max-retry-attempts: 9 is outside 0..5"]
+    r = runner("scheduler", "check", "--file", str(tmp_path / "nope.yaml"))
+    assert r.exit_code == 1 and "no such file" in r.output and "Traceback" not in r.output
+
+
+def test_render_fills_and_masks(runner):
+    r = runner(
+        "scheduler", "render", "--url", "https://insights.example.com", INNGEST_SIGNING_KEY=KEY
+    )
+    assert r.exit_code == 0, r.output
+    assert KEY not in r.output
+    assert "Bearer signkey-prod-********" in r.stdout
+    assert "--show-secret" in r.stderr
+
+
+def test_render_output_is_a_gcloud_flags_file(runner, tmp_path):
+    r = runner(
+        "scheduler",
+        "render",
+        "--show-secret",
+        INNGEST_SIGNING_KEY=KEY,
+        SERVICE_URL="https://insights.example.com/",
+    )
+    assert r.exit_code == 0, r.output
+    data = yaml.safe_load(r.stdout)
+    assert isinstance(data, dict)
+    for flag, value in data.items():
+        assert flag in GCLOUD_CREATE_HTTP_FLAGS, f"{flag} is not a documented flag"
+        assert GCLOUD_CREATE_HTTP_FLAGS[flag](value), f"{flag}: bad value {value!r}"
+    assert data["--uri"] == "https://insights.example.com/api/poll"
+    assert data["--headers"]["Authorization"] == f"Bearer {KEY}"
+    assert data["--schedule"] == "*/10 * * * *"
+    assert 0 <= data["--max-retry-attempts"] <= 5
+    assert "${" not in r.stdout.split("\n# Every", 1)[1]  # no placeholder left in values
+    # What render prints passes check as is.
+    out = tmp_path / "job.yaml"
+    out.write_text(r.stdout)
+    assert runner("scheduler", "check", "--file", str(out)).exit_code == 0
+
+
+def test_render_without_values_says_what_is_missing(runner):
+    r = runner("scheduler", "render")
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    assert "pass --url or set SERVICE_URL" in r.stderr
+    assert "set INNGEST_SIGNING_KEY" in r.stderr
+    r = runner("scheduler", "render", "--url", "not-a-url", INNGEST_SIGNING_KEY=KEY)
+    assert r.exit_code == 1 and "not an http(s) URL" in r.stderr
