@@ -183,11 +183,14 @@ class PollScheduler:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        # A run started by tick() counts from creation, before its task first runs.
+        return self._busy or (self._inflight is not None and not self._inflight.done())
 
     async def fire_once(self) -> FireResult | None:
         """One scheduled poll with its retries; None when a previous one is still running."""
-        if self._busy:
+        inflight = self._inflight
+        pending = inflight is not None and not inflight.done()
+        if self._busy or (pending and inflight is not asyncio.current_task()):
             self.skipped += 1
             logger.warning("scheduled poll skipped: the previous run is still in flight")
             return None
@@ -329,7 +332,7 @@ class PollScheduler:
 
     def tick(self) -> asyncio.Task[FireResult | None] | None:
         """Start a poll in the background unless one is in flight (then log and skip)."""
-        if self._busy:
+        if self.busy:
             self.skipped += 1
             logger.warning(
                 "scheduled poll skipped: the previous run (#{}) is still in flight", self.fired
