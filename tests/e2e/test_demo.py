@@ -1,0 +1,85 @@
+"""`gitlab-insights demo` as a newcomer runs it: a subprocess, a poll with events, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+POLL_LINE = re.compile(r"poll #1: (\d+) processed, (\d+) failed, .*; (\d+) events stored")
+
+
+def _reader(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        # A developer's own configuration must not leak into the demo.
+        if not k.startswith(("DATABASE_", "GITLAB_", "INNGEST_", "LOG_", "ALLOW_UNSIGNED"))
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--dir", "demo-data"],
+        cwd=tmp_path,  # a fresh folder: no scheduler.yaml, no .env
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        match = None
+        deadline = time.monotonic() + 60
+        while match is None:
+            assert time.monotonic() < deadline, "no poll within 60 s:\n" + "\n".join(seen)
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            assert line is not None, "the demo exited early:\n" + "\n".join(seen)
+            seen.append(line)
+            match = POLL_LINE.search(line)
+        processed, failed, stored = (int(g) for g in match.groups())
+        assert processed > 0 and failed == 0 and stored > 0, line
+        output = "\n".join(seen)
+        assert f"http://127.0.0.1:{port}/docs" in output
+        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    while (line := lines.get(timeout=5)) is not None:
+        seen.append(line)
+    assert seen[-1] == "demo stopped", "\n".join(seen)
+    assert "Traceback" not in "\n".join(seen)
+
+    db = tmp_path / "demo-data" / "gitlab-insights.db"
+    with sqlite3.connect(db) as conn:
+        runs = conn.execute("SELECT trigger, status_code, events_stored FROM poll_run").fetchall()
+        events = conn.execute('SELECT count(*) FROM "Event"').fetchone()[0]
+    assert runs[0] == ("scheduler", 200, stored)
+    assert events == stored
