@@ -8,7 +8,6 @@ record (trigger "cli") as a scheduled call to /api/poll, without HTTP or a signi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
@@ -179,11 +178,10 @@ def poll(
         # The progress line and the summary are the output; logs only when something is wrong.
         settings = settings.model_copy(update={"log_level": "WARNING"})
     emails = [e.strip() for e in user or []]
+    # stdout is for the summary (or the JSON) alone.
+    configure_logging(settings, stream="stderr")
     try:
-        # Logs go to stdout by design; stdout here is for the summary (or the JSON) alone.
-        with contextlib.redirect_stdout(sys.stderr):
-            configure_logging(settings)
-            outcome, names = asyncio.run(poll_once(settings, emails, progress_stream=sys.stderr))
+        outcome, names = asyncio.run(poll_once(settings, emails, progress_stream=sys.stderr))
     except UnknownUsers as exc:
         fail(str(exc))
         raise
