@@ -230,3 +230,15 @@ def check_all_horizons(
         username, pids = users[user_id]
         problems += check_stored_before(db_url, sim, user_id, username, pids, last_at)
     return problems, len(cursors) + len(lasts)
+
+
+def execute(db_url: str, sql: str, **params: Any) -> None:
+    """Run one write statement (tests.support.query is for SELECTs)."""
+    import sqlalchemy as sa
+
+    from tests.support import _with_session, run
+
+    async def work(s):
+        await s.execute(sa.text(sql), params)
+
+    run(_with_session(db_url, work))
