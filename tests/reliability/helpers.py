@@ -242,3 +242,35 @@ def execute(db_url: str, sql: str, **params: Any) -> None:
         await s.execute(sa.text(sql), params)
 
     run(_with_session(db_url, work))
+
+
+AUDIT_DIR = Path(__file__).parent / "audit"
+
+
+def audited_env(audit_file: Path) -> dict[str, str]:
+    """Environment for a ServiceProcess whose user syncs are logged to `audit_file`."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {
+        "PYTHONPATH": f"{AUDIT_DIR}{os.pathsep}{path}" if path else str(AUDIT_DIR),
+        "GI_SYNC_AUDIT": str(audit_file),
+    }
+
+
+def overlapping_syncs(audit_file: Path) -> tuple[list[str], int]:
+    """Pairs of syncs of one user whose lease-held work overlapped; and how many syncs."""
+    import json
+
+    by_user: dict[str, list[tuple[float, float, int]]] = {}
+    lines = audit_file.read_text().splitlines() if audit_file.exists() else []
+    for line in lines:
+        e = json.loads(line)
+        by_user.setdefault(e["user"], []).append((e["start"], e["end"], e["pid"]))
+    problems = []
+    for user, spans in by_user.items():
+        spans.sort()
+        for (s1, e1, p1), (s2, e2, p2) in zip(spans, spans[1:], strict=False):
+            if s2 < e1:
+                problems.append(
+                    f"user {user}: [{s1:.3f},{e1:.3f}] pid {p1} / [{s2:.3f},{e2:.3f}] pid {p2}"
+                )
+    return problems, len(lines)

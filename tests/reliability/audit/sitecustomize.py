@@ -1,0 +1,31 @@
+"""Loaded by service subprocesses of the reliability tests (PYTHONPATH), only when
+GI_SYNC_AUDIT names a file: every user sync's lease-held work is appended there as one JSON
+line {user, pid, start, end} on the system-wide monotonic clock, so tests can prove that no
+user is ever synced by two runs at once, even across processes."""
+
+import os
+
+if os.environ.get("GI_SYNC_AUDIT"):
+    import json
+    import time
+
+    from app.sync import user_sync
+
+    _path = os.environ["GI_SYNC_AUDIT"]
+    _original = user_sync.UserSync._attempts
+
+    async def _audited(self, result):
+        start = time.monotonic()
+        try:
+            return await _original(self, result)
+        finally:
+            line = json.dumps(
+                {"user": self.user_id, "pid": os.getpid(), "start": start, "end": time.monotonic()}
+            )
+            fd = os.open(_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+
+    user_sync.UserSync._attempts = _audited
