@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import signal
 import socket
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ DB_NAME = "gitlab-insights.db"
 EMAIL_DOMAIN = "demo.example"
 # Small enough to sync in a second or two, varied enough to show every event kind.
 SIMULATOR_DATA = dict(seed=1, users=3, projects=4, issues=20, merge_requests=10, notes=3, days=30)
+# Seconds between new issues (each with a comment) in the simulator.
+ACTIVITY_EVERY = 20.0
 
 
 def say(line: str = "") -> None:
@@ -88,6 +92,27 @@ async def _seed(settings: Any, world: dict[str, Any]) -> tuple[int, int]:
         await engine.dispose()
 
 
+class _Activity(threading.Thread):
+    """New issues with a comment now and then, so later polls store events too."""
+
+    def __init__(self, world: Any, every: float = ACTIVITY_EVERY) -> None:
+        super().__init__(name="demo-activity", daemon=True)
+        self.world = world
+        self.every = every
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(7)  # demo data, not security
+        n = 0
+        while not self.stopping.wait(self.every):
+            n += 1
+            pid = rng.choice(sorted(self.world.projects))
+            issue = self.world.create_issue(
+                pid, f"Demo issue {n}", description="Created while the demo runs.", labels=["demo"]
+            )
+            self.world.add_note(pid, "issue", issue.iid, f"A first comment on demo issue {n}.")
+
+
 class _Reporter:
     """Prints every poll the scheduler makes."""
 
@@ -124,6 +149,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
     # SIGTERM then ends the demo as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     sim = None
+    activity = None
     try:
         _check_port(port)
         db_url = _fresh_database(Path(directory))
@@ -146,11 +172,14 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
             raise DemoError(str(exc)) from None
         upgrade_to_head(settings.database_url)
         users, projects = asyncio.run(_seed(settings, sim.world.describe()))
+        activity = _Activity(sim.world)
+        activity.start()
 
         say(f"GitLab simulator: {sim.url} ({users} users, {len(sim.world.projects)} projects)")
         db_file = Path(directory).resolve() / DB_NAME
         say(f"database: {db_file} ({users} users, {projects} monitored projects)")
         say(f"built-in scheduler: '{cron}' (UTC) plus one poll now")
+        say(f"the simulator gains an issue with a comment every {ACTIVITY_EVERY:g} s")
 
         def listening(base: str) -> None:
             say(f"gitlab-insights: {base} - open {base}/docs")
@@ -181,6 +210,9 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        if activity is not None:
+            activity.stopping.set()
+            activity.join(timeout=5)
         if sim is not None:
             sim.stop()
     say("demo stopped")
