@@ -31,7 +31,8 @@ class _Item(_Payload):
     web_url: str
     created_at: datetime
     updated_at: datetime
-    user_notes_count: int = 0
+    # Unknown (absent or null) count: assume notes exist so none are missed.
+    user_notes_count: int = 1
     confidential: bool = False
 
     @field_validator("labels", mode="before")
