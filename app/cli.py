@@ -109,6 +109,13 @@ def serve(
     import uvicorn
 
     settings = settings_or_exit()
+    if scheduler:
+        from app.scheduler.runner import SchedulerStartError, build_scheduler
+
+        try:  # refuse a scheduler that cannot run before touching the database
+            build_scheduler(settings)
+        except SchedulerStartError as exc:
+            fail(str(exc), code=2)
     if migrate:
         _migrate(settings)
     if scheduler:

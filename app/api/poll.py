@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
 from app.sync.poller import run_poll
 from app.sync.results import PollSummary
+from app.sync.user_sync import SyncDeps
 
 router = APIRouter(tags=["poll"])
 
@@ -78,6 +79,27 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
         )
 
 
+@router.get(
+    "/api/poll",
+    summary="Run a full poll (for cron services that can only send GET, e.g. Vercel Cron)",
+    description=(
+        "The same as POST with an empty body. Vercel Cron sends `Authorization: Bearer "
+        "$CRON_SECRET`: set CRON_SECRET to the signing key. A signed request signs the empty body."
+    ),
+    response_model=PollSummary,
+    responses={
+        401: {"model": ErrorBody, "description": "Missing or bad credentials"},
+        503: {"model": PollSummary, "description": "Database unreachable or GitLab down"},
+    },
+)
+async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
+    raw = await read_bounded_body(request, settings.max_request_body_bytes)
+    check_caller(settings, request, raw)
+    if raw.strip():
+        return _invalid("GET /api/poll takes no body; POST a body instead")
+    return await _run(request, deps, PollRequest())
+
+
 @router.post(
     "/api/poll",
     summary="Run a poll now (scheduler or manual refresh)",
@@ -107,8 +129,11 @@ async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JS
     parsed = parse_poll_request(raw)
     if isinstance(parsed, JSONResponse):
         return parsed
-    trigger = _trigger(request)
-    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=trigger)
+    return await _run(request, deps, parsed)
+
+
+async def _run(request: Request, deps: SyncDeps, parsed: PollRequest) -> JSONResponse:
+    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=_trigger(request))
     headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
     return JSONResponse(
         outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers
@@ -116,12 +141,14 @@ async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JS
 
 
 def _trigger(request: Request) -> str:
+    """A label for the run record, from what the (already authenticated) caller sends."""
     h = request.headers
+    if h.get("x-gitlab-insights-trigger") == "scheduler":
+        return "scheduler"  # the built-in scheduler
     if "x-cloudscheduler" in h:
         return "cloud_scheduler"
     if "x-inngest-signature" in h:
-        # Our built-in scheduler says so; any other signed caller is Inngest-style.
-        return "scheduler" if h.get("x-gitlab-insights-trigger") == "scheduler" else "inngest"
+        return "inngest"
     if "vercel-cron" in h.get("user-agent", "").lower():
         return "vercel_cron"
     return "api"

@@ -323,3 +323,22 @@ def test_changes_made_during_a_run_are_picked_up_by_the_next(db_url):
             sim.world.configure(latency_ms=0)
             assert server.poll().status_code == 200
         assert_equal_truth(db_url, uid, sim, "user1", [1])
+
+
+async def test_get_poll_for_vercel_cron(sqlite_url):
+    async with client_for(make_settings(sqlite_url)) as c:
+        r = await c.get(
+            "/api/poll",
+            headers={"Authorization": f"Bearer {SIGNING_KEY}", "User-Agent": "vercel-cron/1.0"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["trigger"] == "vercel_cron"
+        assert (await c.get("/api/poll")).status_code == 401
+        r = await c.get("/api/poll", headers=signed(b""))
+        assert r.status_code == 200 and r.json()["trigger"] == "inngest"
+    assert [
+        t for (t,) in query(sqlite_url, "SELECT trigger FROM poll_run ORDER BY started_at")
+    ] == [
+        "vercel_cron",
+        "inngest",
+    ]
