@@ -83,7 +83,8 @@ async def sync_status(
     request: Request,
     sessionmaker: SessionmakerDep,
     _caller: Annotated[str, Depends(require_caller)],
-    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    # No NUL: PostgreSQL text cannot hold it (the query would fail with a 500).
+    user_id: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$")] = None,
 ) -> SyncStatus:
     async with sessionmaker() as s:
         users = await repo.sync_status(s, user_id)
