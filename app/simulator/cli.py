@@ -27,6 +27,9 @@ def simulator(
     big_project_issues: Annotated[
         int, typer.Option(help="Add big-group/monorepo with this many issues (0: none).")
     ] = 0,
+    big_project_notes: Annotated[
+        int, typer.Option(help="Average notes per issue of big-group/monorepo.")
+    ] = 1,
     latency_ms: Annotated[float, typer.Option(help="Added to every GitLab request.")] = 0.0,
     rate_limit: Annotated[
         int, typer.Option(help="Requests per minute per token before 429.")
@@ -51,6 +54,7 @@ def simulator(
         notes=notes,
         days=days,
         big_project_issues=big_project_issues,
+        big_project_notes=big_project_notes,
         base_url=url,
         config=SimConfig(
             latency_ms=latency_ms, rate_limit_per_minute=rate_limit, offset_cap=offset_cap
