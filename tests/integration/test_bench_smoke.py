@@ -1,0 +1,37 @@
+"""Keeps the benchmark harness from rotting: the smallest scenario at a tiny size, on SQLite.
+
+Asserts what the harness checks (every expected event stored, the minimum request count),
+never a duration.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("psutil")
+
+
+def test_bench_typical_tiny(tmp_path, capsys):
+    from bench.harness import main
+
+    assert (
+        main(["typical", "--db", "sqlite", "--scale", "0.2", "--warm", "--out", str(tmp_path)]) == 0
+    )
+    result = json.loads((tmp_path / "typical-sqlite.json").read_text())
+    runs = {(r["system"], r["phase"]): r for r in result["runs"]}
+    assert set(runs) == {
+        ("service", "cold"),
+        ("service", "warm"),
+        ("baseline", "cold"),
+        ("baseline", "warm"),
+    }
+    for key in (("service", "cold"), ("service", "warm")):
+        run = runs[key]
+        assert run["complete"], run
+        assert run["requests"] == run["min_requests"], run
+        assert run["lower_bound_s"] > 0 and run["peak_rss_mb"] > 0
+    assert runs[("service", "cold")]["events"] == result["parameters"]["expected_events"]
+    assert runs[("baseline", "cold")]["events"] == result["parameters"]["expected_events"]
+    assert "wall s" in capsys.readouterr().out
