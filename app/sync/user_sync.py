@@ -376,6 +376,8 @@ class UserSync:
                 state.stored += o.stored
                 state.updated += o.updated
                 state.outcomes[o.project.gitlabProjectId] = o
+            # Counted as it happens: a user that fails later still reports what it stored.
+            result.stored, result.updated = state.stored, state.updated
             failed = [o for o in outcomes if o.error is not None]
             if not failed:
                 break
