@@ -27,7 +27,8 @@ class UserResult(BaseModel):
         description=(
             "Why a user was skipped or failed: fresh, in_progress, no_token, token_expired, "
             "token_revoked, token_invalid, token_refresh_failed, not_found, no_projects, "
-            "gitlab_unavailable, projects_failed, deadline_exceeded, error"
+            "gitlab_unavailable, rate_limited, database_unavailable, projects_failed, "
+            "deadline_exceeded, lease_lost, error"
         ),
     )
     stored: int = Field(0, description="Events inserted")

@@ -502,7 +502,7 @@ class UserSync:
             result.status, result.reason = "failed", "lease_lost"
         except Exception as exc:  # noqa: BLE001 - one user's failure never touches another
             result.status = "failed"
-            result.reason = "gitlab_unavailable" if isinstance(exc, GitLabUnavailable) else "error"
+            result.reason = _failure_reason(exc)
             self.log.error("user sync failed: {}", redact(_describe(exc)))
         finally:
             beat.cancel()
@@ -511,6 +511,16 @@ class UserSync:
                     await repo.release_lease(s, self.user_id, self.run_id)
             except Exception as exc:  # noqa: BLE001 - the lease expires on its own
                 self.log.warning("lease release failed: {}", type(exc).__name__)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, GitLabUnavailable):
+        return "gitlab_unavailable"
+    if isinstance(exc, GitLabRateLimited):
+        return "rate_limited"
+    if isinstance(exc, DBAPIError | PoolTimeoutError):
+        return "database_unavailable"
+    return "error"
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
