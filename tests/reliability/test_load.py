@@ -159,7 +159,15 @@ def test_two_server_processes_sharing_postgres_polled_at_once(pg_url, tmp_path):
         _check_answers(responses, users)
         _check_store(pg_url, sim, users, audit)
         pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
-        assert len(pids) == 2, "both servers synced users"
+        # The servers really contended: either both synced users, or one found users leased
+        # by the other (which server wins every race depends on scheduling, not on the code).
+        in_progress = [
+            u
+            for r in responses
+            for u in r.json()["users"]
+            if u["status"] == "skipped" and u["reason"] == "in_progress"
+        ]
+        assert len(pids) == 2 or in_progress, "the two servers never contended"
 
 
 def test_overlap_audit_detects_a_double_sync(tmp_path):
