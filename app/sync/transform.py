@@ -54,36 +54,30 @@ def comment_title(body: str | None) -> str:
     return COMMENT_TITLE_PREFIX + first
 
 
-def transform_issue(issue: GitLabIssue, project: ProjectRef) -> EventRow:
+def _transform_item(
+    item: GitLabIssue | GitLabMergeRequest, project: ProjectRef, event_type: str, prefix: str
+) -> EventRow:
     return EventRow(
-        type="issue",
-        title=issue.title,
-        body=issue.description,
-        author=issue.author.username,
-        authorAvatar=issue.author.avatar_url,
+        type=event_type,
+        title=item.title,
+        body=item.description,
+        author=item.author.username,
+        authorAvatar=item.author.avatar_url,
         project=project.event_project,
         projectId=project.event_project_id,
-        labels=list(issue.labels),
-        gitlabEventId=f"issue-{issue.id}",
-        gitlabUrl=issue.web_url,
-        createdAt=issue.created_at,
+        labels=list(item.labels),
+        gitlabEventId=f"{prefix}-{item.id}",
+        gitlabUrl=item.web_url,
+        createdAt=item.created_at,
     )
+
+
+def transform_issue(issue: GitLabIssue, project: ProjectRef) -> EventRow:
+    return _transform_item(issue, project, "issue", "issue")
 
 
 def transform_merge_request(mr: GitLabMergeRequest, project: ProjectRef) -> EventRow:
-    return EventRow(
-        type="merge_request",
-        title=mr.title,
-        body=mr.description,
-        author=mr.author.username,
-        authorAvatar=mr.author.avatar_url,
-        project=project.event_project,
-        projectId=project.event_project_id,
-        labels=list(mr.labels),
-        gitlabEventId=f"mr-{mr.id}",
-        gitlabUrl=mr.web_url,
-        createdAt=mr.created_at,
-    )
+    return _transform_item(mr, project, "merge_request", "mr")
 
 
 def transform_note(note: GitLabNote, project: ProjectRef) -> EventRow:
