@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -13,6 +13,7 @@ from loguru import logger
 from app import __version__
 from app.api import poll, status
 from app.db.engine import create_engine, create_sessionmaker
+from app.gitlab.client import LANE_EXTENSION
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
 from app.settings import ConfigurationError, Settings, get_settings
@@ -29,27 +30,34 @@ Authenticate with `X-Inngest-Signature` (Inngest-style HMAC) or
 
 
 class _ShardedTransport(httpx.AsyncBaseTransport):
-    """Connection pools sharded by the request's credentials (in practice: by user).
+    """Connection pools sharded by the request's credentials (in practice: by user) and lane.
 
     httpcore's pool does work proportional to its connection count on every request and
-    response (a readability check of each idle socket, plus a scan quadratic in the number
-    of connections), so one pool sized for POLL_CONCURRENCY x GITLAB_USER_CONCURRENCY
-    connections spent most of a busy poll's CPU managing itself. Each user's requests go to
-    one shard, which therefore holds about GITLAB_USER_CONCURRENCY connections; shards live
-    as long as the client, so keep-alive connections carry over from one user to the next
-    as before. Every shard has the old pool's limits, so a hash collision never blocks.
+    response (a readability check, i.e. a poll() and a getpeername(), of each idle socket,
+    plus a scan quadratic in the number of connections), so one pool sized for
+    POLL_CONCURRENCY x GITLAB_USER_CONCURRENCY connections spent most of a busy poll's CPU
+    managing itself. A request goes to the pool of (its credentials' group, its lane): the
+    GitLab client gives each of a user's in-flight requests its own lane, so a pool
+    normally holds one connection. Pools live as long as the client, so keep-alive
+    connections carry over from one user to the next as before. Every pool has the old
+    pool's limits, so a hash collision never blocks.
     """
 
-    def __init__(self, shards: list[httpx.AsyncHTTPTransport]) -> None:
-        self._shards = shards
+    def __init__(self, groups: int, factory: Callable[[], httpx.AsyncHTTPTransport]) -> None:
+        self._groups = groups
+        self._factory = factory
+        self._shards: dict[tuple[int, int], httpx.AsyncHTTPTransport] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        key = request.headers.get("authorization", "")
-        shard = self._shards[hash(key) % len(self._shards)]
+        group = hash(request.headers.get("authorization", "")) % self._groups
+        key = (group, request.extensions.get(LANE_EXTENSION, -1))
+        shard = self._shards.get(key)
+        if shard is None:
+            shard = self._shards[key] = self._factory()
         return await shard.handle_async_request(request)
 
     async def aclose(self) -> None:
-        for shard in self._shards:
+        for shard in list(self._shards.values()):
             await shard.aclose()
 
 
@@ -61,10 +69,8 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
     )
     ssl_context = httpx.create_ssl_context()  # shared: building one costs ~10 ms
     transport = _ShardedTransport(
-        [
-            httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
-            for _ in range(4 * settings.poll_concurrency)
-        ]
+        4 * settings.poll_concurrency,
+        lambda: httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits),
     )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(

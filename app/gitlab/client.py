@@ -93,6 +93,9 @@ _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
 # GitLab's rate limits are per minute; used when a low RateLimit-Remaining comes without Reset.
 _DEFAULT_RATE_WINDOW_S = 60.0
+# Request extension naming the in-flight slot ("lane", 0..GITLAB_USER_CONCURRENCY-1) a request
+# holds: the app's transport gives each lane its own small connection pool (app/main.py).
+LANE_EXTENSION = "gitlab_insights.lane"
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
 _TIMESTAMP_SLACK = timedelta(seconds=1)
 
@@ -356,7 +359,7 @@ class _Call:
     """One logical request across its attempts."""
 
     method: str
-    url: str
+    url: httpx.URL  # with its query: built once, not merged by httpx on every attempt
     endpoint: str  # real path without query, for errors and logs: /projects/42/issues
     template: str  # low-cardinality name for metrics: /projects/:id/issues
     params: httpx.QueryParams
@@ -388,6 +391,9 @@ class GitLabClient:
             settings.gitlab_read_timeout, connect=settings.gitlab_connect_timeout
         )
         self._in_flight = asyncio.Semaphore(settings.gitlab_user_concurrency)
+        # One lane per in-flight slot; a request takes a free one while it holds the slot.
+        self._free_lanes = list(range(settings.gitlab_user_concurrency))
+        self._timeout_ext = self._timeout.as_dict()
         # Pacing shared by all requests of this user: next allowed start, spacing between starts.
         self._next_slot = 0.0
         self._pace_interval = 0.0
@@ -569,9 +575,16 @@ class GitLabClient:
         on_page: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[T]]:
         """Every page, following rel=next until there is none (no page cap, no totals)."""
-        url = self._base + path
+        base = self._base + path
         while True:
-            call = _Call("GET", url, path, template, params, lambda r: parse_json(adapter, r, path))
+            call = _Call(
+                "GET",
+                httpx.URL(base, params=params),
+                path,
+                template,
+                params,
+                lambda r: parse_json(adapter, r, path),
+            )
             page, response = await self._send(call)
             if on_page is not None:
                 on_page()
@@ -584,7 +597,7 @@ class GitLabClient:
     async def _get(self, path: str, template: str, adapter: TypeAdapter[T]) -> T:
         call = _Call(
             "GET",
-            self._base + path,
+            httpx.URL(self._base + path),
             path,
             template,
             httpx.QueryParams(),
@@ -603,14 +616,17 @@ class GitLabClient:
         try:
             # The semaphore covers the HTTP exchange only, never a retry wait or the caller.
             async with self._in_flight:
-                started = time.perf_counter()
-                response = await self._http.request(
-                    call.method,
-                    call.url,
-                    params=call.params,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                )
+                lane = self._free_lanes.pop()
+                try:
+                    started = time.perf_counter()
+                    response = await self._http.request(
+                        call.method,
+                        call.url,
+                        headers=self._headers,
+                        extensions={"timeout": self._timeout_ext, LANE_EXTENSION: lane},
+                    )
+                finally:
+                    self._free_lanes.append(lane)
             status = response.status_code
         except (httpx.TransportError, httpx.DecodingError) as exc:
             # `from None`: httpx's message and context carry the full URL with its query.
