@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app import metrics
 from app.db import repository as repo
-from app.db.models import MonitoredProject, SyncCursor, utcnow
+from app.db.models import Account, LastSync, MonitoredProject, SyncCursor, utcnow
 from app.gitlab.client import GitLabClient, RequestInfo
 from app.gitlab.errors import (
     GitLabAPIError,
@@ -132,6 +132,16 @@ def _since(
     return now - timedelta(days=settings.sync_backfill_days)
 
 
+@dataclass
+class _Loaded:
+    """What a sync reads before it starts, in the transaction that takes the lease."""
+
+    account: Account | None
+    projects: list[MonitoredProject]
+    cursors: dict[str, SyncCursor]
+    last_sync: LastSync | None
+
+
 class UserSync:
     """One user's sync within one run. Create per user; call `run()`."""
 
@@ -141,12 +151,16 @@ class UserSync:
         self.user_id = user_id
         self.run_id = run_id
         self.log = logger.bind(run_id=run_id, user_id=user_id)
+        # Set while the success transaction (LastSync + lease release) runs and after it
+        # committed: the heartbeat then no longer takes a missing lease for a lost one.
+        self._releasing = False
+        self._loaded: _Loaded | None = None
+        self._started = utcnow()
+        self._synced = False
 
     # --- token ------------------------------------------------------------------------
 
-    async def _load_token(self) -> str:
-        async with self.deps.sessionmaker() as s:
-            account = await repo.get_gitlab_account(s, self.user_id)
+    async def _token(self, account: Account | None) -> str:
         if account is None or not account.accessToken:
             raise UserSkipped("no_token", "user has no GitLab access token")
         register_secret(account.accessToken)
@@ -349,12 +363,13 @@ class UserSync:
     # --- the whole user -----------------------------------------------------------------
 
     async def _attempts(self, result: UserResult) -> None:
-        started = utcnow()
-        state = _UserState(token=await self._load_token())
-        async with self.deps.sessionmaker() as s:
-            projects = await repo.list_projects(s, self.user_id)
-            cursors = await repo.get_cursors(s, self.user_id)
-            last_sync = await repo.get_last_sync(s, self.user_id)
+        """Sync every project (with retries). True in `self._synced` when all succeeded:
+        LastSync is then written by `_commit_success`, outside (tests audit this method as
+        the lease-held work, so it must not release the lease itself)."""
+        loaded = self._loaded
+        assert loaded is not None
+        projects, cursors, last_sync = loaded.projects, loaded.cursors, loaded.last_sync
+        state = _UserState(token=await self._token(loaded.account))
         result.projects = len(projects)
         if not projects:
             raise UserSkipped("no_projects", "user monitors no projects")
@@ -419,8 +434,18 @@ class UserSync:
                 for o in failures
             ]
             return
-        async with self.deps.sessionmaker() as s, s.begin():
-            await repo.upsert_last_sync(s, self.user_id, started)
+        self._synced = True
+
+    async def _commit_success(self, result: UserResult) -> None:
+        """LastSync and the lease release commit together (one transaction instead of two)."""
+        self._releasing = True
+        try:
+            async with self.deps.sessionmaker() as s, s.begin():
+                await repo.upsert_last_sync(s, self.user_id, self._started)
+                await repo.release_lease(s, self.user_id, self.run_id)
+        except BaseException:
+            self._releasing = False  # not committed: the lease is still ours to release
+            raise
         result.status = "processed"
 
     def _retry_delay(self, attempt: int, failed: list[_ProjectOutcome]) -> float:
@@ -440,7 +465,7 @@ class UserSync:
             except Exception as exc:  # noqa: BLE001 - retry on the next beat
                 self.log.warning("lease renewal failed: {}", type(exc).__name__)
                 continue
-            if not ok:
+            if not ok and not self._releasing:
                 lost.set()
                 main.cancel()
                 return
@@ -466,10 +491,14 @@ class UserSync:
 
     async def _run(self, result: UserResult, *, manual: bool) -> None:
         settings = self.settings
+        self._started = utcnow()  # LastSync if every project syncs
+        loaded: _Loaded | None = None
         try:
+            # One transaction: the freshness check, the lease, and everything the sync reads
+            # first (token, projects, cursors, LastSync), instead of three.
             async with self.deps.sessionmaker() as s, s.begin():
+                last = await repo.get_last_sync(s, self.user_id)
                 if manual and settings.min_refresh_interval_seconds > 0:
-                    last = await repo.get_last_sync(s, self.user_id)
                     horizon = utcnow() - timedelta(seconds=settings.min_refresh_interval_seconds)
                     if last is not None and last.updatedAt > horizon:
                         result.reason = "fresh"
@@ -477,13 +506,21 @@ class UserSync:
                 got = await repo.try_acquire_lease(
                     s, self.user_id, self.run_id, settings.lease_ttl_seconds
                 )
+                if got:
+                    loaded = _Loaded(
+                        account=await repo.get_gitlab_account(s, self.user_id),
+                        projects=await repo.list_projects(s, self.user_id),
+                        cursors=await repo.get_cursors(s, self.user_id),
+                        last_sync=last,
+                    )
         except Exception as exc:  # noqa: BLE001 - the database is down for this user
             result.status, result.reason = "failed", "database_unavailable"
             self.log.error("cannot reach the database: {}", redact(_describe(exc)))
             return
-        if not got:
+        if not got or loaded is None:
             result.reason = "in_progress"
             return
+        self._loaded = loaded
 
         lost = asyncio.Event()
         main = asyncio.current_task()
@@ -492,6 +529,8 @@ class UserSync:
         try:
             async with asyncio.timeout(settings.user_sync_deadline_seconds):
                 await self._attempts(result)
+                if self._synced:
+                    await self._commit_success(result)
         except UserSkipped as skip:
             result.status, result.reason = "skipped", skip.reason
         except TimeoutError:
@@ -506,11 +545,12 @@ class UserSync:
             self.log.error("user sync failed: {}", redact(_describe(exc)))
         finally:
             beat.cancel()
-            try:
-                async with self.deps.sessionmaker() as s, s.begin():
-                    await repo.release_lease(s, self.user_id, self.run_id)
-            except Exception as exc:  # noqa: BLE001 - the lease expires on its own
-                self.log.warning("lease release failed: {}", type(exc).__name__)
+            if not self._releasing:  # else released together with LastSync
+                try:
+                    async with self.deps.sessionmaker() as s, s.begin():
+                        await repo.release_lease(s, self.user_id, self.run_id)
+                except Exception as exc:  # noqa: BLE001 - the lease expires on its own
+                    self.log.warning("lease release failed: {}", type(exc).__name__)
 
 
 def _failure_reason(exc: BaseException) -> str:
