@@ -263,6 +263,12 @@ def parse_json(adapter: TypeAdapter[T], response: httpx.Response, endpoint: str)
         ) from None
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned read-ahead's outcome as seen (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
+
+
 # --- retries --------------------------------------------------------------------------
 
 
@@ -529,7 +535,9 @@ class GitLabClient:
 
         seen: set[int] = set()
         oldest: datetime | None = None
-        first = self._pages(path, template, httpx.QueryParams(filters), adapter, on_page)
+        first = self._pages(
+            path, template, httpx.QueryParams(filters), adapter, on_page, read_ahead=True
+        )
         async with aclosing(first) as it:
             while True:
                 # The 405 check wraps the fetch only, never the caller's work on a page.
@@ -558,7 +566,9 @@ class GitLabClient:
         if oldest is not None:
             # Everything newer than `oldest` was read (descending order); resume below it.
             keyset["updated_before"] = format_gitlab_time(oldest + _TIMESTAMP_SLACK)
-        rest = self._pages(path, template, httpx.QueryParams(keyset), adapter, on_page)
+        rest = self._pages(
+            path, template, httpx.QueryParams(keyset), adapter, on_page, read_ahead=True
+        )
         async with aclosing(rest) as it:
             async for page in it:
                 # Keyset never repeats an item: only the overlap with offset pages is filtered.
@@ -573,26 +583,59 @@ class GitLabClient:
         params: httpx.QueryParams,
         adapter: TypeAdapter[list[T]],
         on_page: Callable[[], None] | None = None,
+        *,
+        read_ahead: bool = False,
     ) -> AsyncIterator[list[T]]:
-        """Every page, following rel=next until there is none (no page cap, no totals)."""
+        """Every page, following rel=next until there is none (no page cap, no totals).
+
+        `read_ahead`: request the next page as soon as this one arrived, before the caller
+        works on it (each page needs the previous one's Link, so this chain is the critical
+        path of a long listing). At most one page is held ahead; a caller that stops early
+        would waste that request, so listings read to the end use it and notes do not.
+        """
         base = self._base + path
-        while True:
-            call = _Call(
-                "GET",
-                httpx.URL(base, params=params),
-                path,
-                template,
-                params,
-                lambda r: parse_json(adapter, r, path),
+
+        def fetch(query: httpx.QueryParams) -> Awaitable[tuple[list[T], httpx.Response]]:
+            return self._send(
+                _Call(
+                    "GET",
+                    httpx.URL(base, params=query),
+                    path,
+                    template,
+                    query,
+                    lambda r: parse_json(adapter, r, path),
+                )
             )
-            page, response = await self._send(call)
-            if on_page is not None:
-                on_page()
-            yield page
-            nxt = _next_params(response, params)
-            if nxt is None:
-                return
-            params = nxt
+
+        if not read_ahead:
+            while True:
+                page, response = await fetch(params)
+                if on_page is not None:
+                    on_page()
+                yield page
+                nxt = _next_params(response, params)
+                if nxt is None:
+                    return
+                params = nxt
+
+        ahead: asyncio.Future[tuple[list[T], httpx.Response]] | None = None
+        try:
+            ahead = asyncio.ensure_future(fetch(params))
+            while ahead is not None:
+                page, response = await ahead
+                ahead = None
+                if on_page is not None:
+                    on_page()
+                nxt = _next_params(response, params)
+                if nxt is not None:
+                    params = nxt
+                    ahead = asyncio.ensure_future(fetch(nxt))
+                yield page
+        finally:
+            if ahead is not None:
+                # Not awaited: awaiting here could swallow a cancellation of the caller.
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve)
 
     async def _get(self, path: str, template: str, adapter: TypeAdapter[T]) -> T:
         call = _Call(
