@@ -72,9 +72,7 @@ class Settings(BaseSettings):
     gitlab_down_retry_after_seconds: int = Field(120, ge=1)
 
     # --- logging ----------------------------------------------------------------------
-    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = (
-        "INFO"
-    )
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "pretty"] = "json"
 
     @field_validator("log_level", mode="before")
