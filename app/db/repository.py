@@ -6,7 +6,7 @@ per call from the session's dialect; batches are one statement per page, never p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,6 +50,27 @@ def _insert(session: AsyncSession, table: type) -> sa.Insert:
     if name == "sqlite":
         return sqlite.insert(table)
     raise RuntimeError(f"unsupported database dialect {name}")
+
+
+_TABLES: dict[str, sa.Table] = {
+    "advance_cursor": SyncCursor.__table__,
+    "upsert_last_sync": LastSync.__table__,
+    "try_acquire_lease": SyncLease.__table__,
+}
+_STATEMENTS: dict[tuple[str, str], sa.Insert] = {}
+
+
+def _cached(
+    session: AsyncSession, name: str, build: Callable[[sa.Insert, sa.Table], sa.Insert]
+) -> sa.Insert:
+    """An upsert built once per dialect, without values, executed with a parameter dict:
+    SQLAlchemy then reuses its compiled form instead of rebuilding and re-keying it."""
+    key = (name, session.bind.dialect.name)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        table = _TABLES[name]
+        stmt = _STATEMENTS[key] = build(_insert(session, table), table)
+    return stmt
 
 
 # --- users, accounts, projects ------------------------------------------------------------
@@ -350,35 +371,43 @@ async def get_cursors(session: AsyncSession, user_id: str) -> dict[str, SyncCurs
     return {c.gitlab_project_id: c for c in (await session.execute(stmt)).scalars()}
 
 
+def _build_advance_cursor(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+    # On the table, not the ORM entity: the entity took the ORM bulk-insert path per call.
+    excluded = ins.excluded
+    c = table.c
+    return ins.on_conflict_do_update(
+        index_elements=[c.user_id, c.gitlab_project_id],
+        set_={
+            # Never move backwards: a slow, older run must not undo a newer one.
+            "cursor_at": sa.case(
+                (c.cursor_at.is_(None), excluded.cursor_at),
+                (c.cursor_at < excluded.cursor_at, excluded.cursor_at),
+                else_=c.cursor_at,
+            ),
+            "last_success_at": excluded.last_success_at,
+            "last_error": None,
+            "last_error_at": None,
+            "updated_at": excluded.updated_at,
+        },
+    )
+
+
 async def advance_cursor(
     session: AsyncSession, user_id: str, gitlab_project_id: str, cursor_at: datetime
 ) -> None:
     now = utcnow()
-    stmt = _insert(session, SyncCursor).values(
-        user_id=user_id,
-        gitlab_project_id=gitlab_project_id,
-        cursor_at=cursor_at,
-        last_success_at=now,
-        last_error=None,
-        last_error_at=None,
-        updated_at=now,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[SyncCursor.user_id, SyncCursor.gitlab_project_id],
-        set_={
-            # Never move backwards: a slow, older run must not undo a newer one.
-            "cursor_at": sa.case(
-                (SyncCursor.cursor_at.is_(None), stmt.excluded.cursor_at),
-                (SyncCursor.cursor_at < stmt.excluded.cursor_at, stmt.excluded.cursor_at),
-                else_=SyncCursor.cursor_at,
-            ),
-            "last_success_at": stmt.excluded.last_success_at,
+    await session.execute(
+        _cached(session, "advance_cursor", _build_advance_cursor),
+        {
+            "user_id": user_id,
+            "gitlab_project_id": gitlab_project_id,
+            "cursor_at": cursor_at,
+            "last_success_at": now,
             "last_error": None,
             "last_error_at": None,
-            "updated_at": stmt.excluded.updated_at,
+            "updated_at": now,
         },
     )
-    await session.execute(stmt)
 
 
 async def record_project_error(
@@ -409,19 +438,40 @@ async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+def _build_upsert_last_sync(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+    return ins.on_conflict_do_update(
+        index_elements=[table.c.userId],
+        set_={"lastSyncAt": ins.excluded.lastSyncAt, "updatedAt": ins.excluded.updatedAt},
+    )
+
+
 async def upsert_last_sync(session: AsyncSession, user_id: str, last_sync_at: datetime) -> None:
     now = utcnow()
-    stmt = _insert(session, LastSync).values(
-        id=new_id(), userId=user_id, lastSyncAt=last_sync_at, createdAt=now, updatedAt=now
+    await session.execute(
+        _cached(session, "upsert_last_sync", _build_upsert_last_sync),
+        {
+            "id": new_id(),
+            "userId": user_id,
+            "lastSyncAt": last_sync_at,
+            "createdAt": now,
+            "updatedAt": now,
+        },
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[LastSync.userId],
-        set_={"lastSyncAt": stmt.excluded.lastSyncAt, "updatedAt": stmt.excluded.updatedAt},
-    )
-    await session.execute(stmt)
 
 
 # --- leases -------------------------------------------------------------------------------------
+
+
+def _build_acquire_lease(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+    return ins.on_conflict_do_update(
+        index_elements=[table.c.user_id],
+        set_={
+            "holder": ins.excluded.holder,
+            "acquired_at": ins.excluded.acquired_at,
+            "expires_at": ins.excluded.expires_at,
+        },
+        where=table.c.expires_at < sa.bindparam("lease_now", type_=table.c.expires_at.type),
+    ).returning(table.c.holder)
 
 
 async def try_acquire_lease(
@@ -429,22 +479,15 @@ async def try_acquire_lease(
 ) -> bool:
     """Take the user's lease unless a live one exists; an expired lease is taken over."""
     now = utcnow()
-    stmt = _insert(session, SyncLease).values(
-        user_id=user_id,
-        holder=holder,
-        acquired_at=now,
-        expires_at=now + timedelta(seconds=ttl_seconds),
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[SyncLease.user_id],
-        set_={
-            "holder": stmt.excluded.holder,
-            "acquired_at": stmt.excluded.acquired_at,
-            "expires_at": stmt.excluded.expires_at,
-        },
-        where=SyncLease.expires_at < now,
-    ).returning(SyncLease.holder)
-    got = (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _cached(session, "try_acquire_lease", _build_acquire_lease)
+    params = {
+        "user_id": user_id,
+        "holder": holder,
+        "acquired_at": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "lease_now": now,
+    }
+    got = (await session.execute(stmt, params)).scalar_one_or_none()
     return got == holder
 
 
