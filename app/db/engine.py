@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util.concurrency import await_
 
 from app import metrics
 from app.settings import Settings
@@ -44,31 +43,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         _configure_sqlite(engine)
-    elif engine.dialect.driver == "asyncpg":
-        engine.sync_engine.dialect.do_ping = _ping_asyncpg  # type: ignore[method-assign]
     _count_checkouts(engine)
     return engine
-
-
-def _ping_asyncpg(dbapi_connection: Any) -> bool:
-    """Pre-ping in one round trip: a simple-protocol `SELECT 1` on the asyncpg connection.
-
-    Every checkout is still verified (a connection PostgreSQL dropped is replaced before use,
-    as with SQLAlchemy's own ping). SQLAlchemy's asyncpg ping wraps a prepared `fetchrow(";")`
-    in BEGIN ... ROLLBACK (three round trips) so that pgbouncer's transaction mode never sees
-    a prepared statement outside a transaction; the simple query protocol prepares nothing,
-    so one round trip is safe there too. Errors go through the adapter, as its ping does, so
-    SQLAlchemy still recognises a disconnect and reconnects.
-    """
-    raw = getattr(dbapi_connection, "_connection", None)
-    if raw is None or not hasattr(dbapi_connection, "_handle_exception"):
-        dbapi_connection.ping()  # the adapter changed shape: SQLAlchemy's own ping
-        return True
-    try:
-        await_(raw.execute("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - translated to the DBAPI error, then raised
-        dbapi_connection._handle_exception(error)
-    return True
 
 
 def _count_checkouts(engine: AsyncEngine) -> None:
