@@ -249,3 +249,17 @@ def assert_equal_truth(db_url, user_id, sim, username, pids) -> None:
 def project_tuple(sim: SimulatorServer, pid: int) -> tuple[str, str, str]:
     p = sim.world.project(pid)
     return (str(pid), p.name, p.path_with_namespace)
+
+
+def oauth_overrides(sim: SimulatorServer) -> dict[str, str]:
+    """Settings that let the service refresh tokens against the simulator's OAuth app."""
+    app_cfg = sim.world.describe()["oauth_app"]
+    return {
+        "gitlab_oauth_client_id": app_cfg["client_id"],
+        "gitlab_oauth_client_secret": app_cfg["client_secret"],
+        "gitlab_oauth_redirect_uri": app_cfg["redirect_uri"],
+    }
+
+
+def oauth_settings(db_url: str, sim: SimulatorServer, **overrides: Any) -> Settings:
+    return make_settings(db_url, sim.url, **oauth_overrides(sim), **overrides)

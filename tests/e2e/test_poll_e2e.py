@@ -17,6 +17,7 @@ from tests.support import (
     add_user,
     assert_equal_truth,
     make_settings,
+    oauth_settings,
     project_tuple,
     query,
     stored_events,
@@ -134,7 +135,6 @@ def test_token_refresh_when_configured_and_skip_when_not(db_url, sim):
         refresh_token=grant["refresh_token"],
         expires_at=past,
     )
-    app_cfg = w.describe()["oauth_app"]
 
     # Not configured: skipped "token_expired", as the original did.
     with LiveServer(make_settings(db_url, sim.url)) as server:
@@ -143,13 +143,7 @@ def test_token_refresh_when_configured_and_skip_when_not(db_url, sim):
     assert by_user(s)[u4]["reason"] == "token_expired"
     assert stored_events(db_url, u4) == []
 
-    settings = make_settings(
-        db_url,
-        sim.url,
-        gitlab_oauth_client_id=app_cfg["client_id"],
-        gitlab_oauth_client_secret=app_cfg["client_secret"],
-        gitlab_oauth_redirect_uri=app_cfg["redirect_uri"],
-    )
+    settings = oauth_settings(db_url, sim)
     with LiveServer(settings) as server:
         s = server.poll().json()
     assert by_user(s)[u4]["status"] == "processed", s
@@ -179,14 +173,7 @@ def test_expired_token_detected_by_401_is_refreshed(db_url, sim):
         [project_tuple(sim, 2)],
         refresh_token=grant["refresh_token"],
     )
-    app_cfg = w.describe()["oauth_app"]
-    settings = make_settings(
-        db_url,
-        sim.url,
-        gitlab_oauth_client_id=app_cfg["client_id"],
-        gitlab_oauth_client_secret=app_cfg["client_secret"],
-        gitlab_oauth_redirect_uri=app_cfg["redirect_uri"],
-    )
+    settings = oauth_settings(db_url, sim)
     with LiveServer(settings) as server:
         s = server.poll().json()
     assert by_user(s)[u1]["status"] == "processed", s

@@ -14,7 +14,7 @@ from app.security.signing import strip_signing_key_prefix
 from app.simulator.faults import FaultSpec
 from app.simulator.server import SimulatorServer
 from tests.reliability.helpers import ServiceProcess, add_chaos
-from tests.support import SIGNING_KEY, add_user, project_tuple
+from tests.support import SIGNING_KEY, add_user, oauth_overrides, project_tuple
 
 FALLBACK = "signkey-prod-" + "c4" * 32
 
@@ -52,9 +52,7 @@ def test_no_secret_in_any_log_line_or_response(pg_url, tmp_path):
             tmp_path,
             log_level="DEBUG",
             inngest_signing_key_fallback=FALLBACK,
-            gitlab_oauth_client_id=app_cfg["client_id"],
-            gitlab_oauth_client_secret=app_cfg["client_secret"],
-            gitlab_oauth_redirect_uri=app_cfg["redirect_uri"],
+            **oauth_overrides(sim),
             gitlab_read_timeout=1,
             gitlab_per_page=3,
         )

@@ -16,21 +16,10 @@ from tests.support import (
     add_user,
     assert_equal_truth,
     make_settings,
+    oauth_settings,
     project_tuple,
     query,
 )
-
-
-def _oauth_settings(db_url: str, sim: SimulatorServer, **kw):
-    app_cfg = sim.world.describe()["oauth_app"]
-    return make_settings(
-        db_url,
-        sim.url,
-        gitlab_oauth_client_id=app_cfg["client_id"],
-        gitlab_oauth_client_secret=app_cfg["client_secret"],
-        gitlab_oauth_redirect_uri=app_cfg["redirect_uri"],
-        **kw,
-    )
 
 
 def _pair(db_url: str, user_id: str) -> tuple[str, str | None]:
@@ -106,7 +95,7 @@ def test_refresh_endpoint_failing_keeps_the_pair_and_recovers(db_url):
         )
         other = add_user(db_url, "u2@x.org", sim.token("user2"), [project_tuple(sim, 2)])
         before = _pair(db_url, uid)
-        with LiveServer(_oauth_settings(db_url, sim, gitlab_max_attempts=2)) as server:
+        with LiveServer(oauth_settings(db_url, sim, gitlab_max_attempts=2)) as server:
             # 1. GitLab's token endpoint is down: the user fails (transient), pair untouched.
             for status in (500, 502, 503):
                 w.add_fault(FaultSpec(kind="status", status=status, path=r"^/oauth/token$"))
@@ -168,7 +157,7 @@ def test_reused_refresh_token_is_skipped_with_a_clear_reason(db_url):
             expires_at=datetime.now(UTC) - timedelta(minutes=1),
         )
         other = add_user(db_url, "u2@x.org", sim.token("user2"), [project_tuple(sim, 2)])
-        with LiveServer(_oauth_settings(db_url, sim)) as server:
+        with LiveServer(oauth_settings(db_url, sim)) as server:
             s = server.poll().json()
         res = _by_user(s)
         assert res[uid]["status"] == "skipped"
@@ -196,7 +185,7 @@ def test_concurrent_refresh_of_one_account_spends_the_refresh_token_once(pg_url)
             expires_at=datetime.now(UTC) - timedelta(minutes=1),
         )
         w.configure(latency_ms=50)  # widen the window in which both refresh
-        settings = _oauth_settings(pg_url, sim)
+        settings = oauth_settings(pg_url, sim)
         with LiveServer(settings) as a, LiveServer(settings) as b:
             out: list[dict] = []
             threads = [
