@@ -39,6 +39,7 @@ from app.jobs import inngest_app
 from app.main import create_app
 from app.settings import Settings, load_settings
 from app.simulator.server import SimulatorServer
+from tests.support import add_user
 
 SIGNING_KEY = "signkey-test-" + "1a" * 32
 FALLBACK_KEY = "signkey-test-" + "2b" * 32
@@ -323,23 +324,7 @@ def sqlite_url(tmp_path) -> str:
 async def seed_user(
     app: FastAPI, email: str, token: str | None, projects: list[tuple[str, str, str]]
 ) -> str:
-    async with app.state.sessionmaker() as s, s.begin():
-        user = await repo.create_user_with_account(
-            s,
-            email=email,
-            name=email,
-            access_token=token or "",
-            refresh_token=None,
-            expires_at=None,
-        )
-        if token is None:
-            await s.execute(
-                sa.text('UPDATE account SET "accessToken" = NULL WHERE "userId" = :u'),
-                {"u": user.id},
-            )
-        for pid, name, path in projects:
-            await repo.add_project(s, user_id=user.id, gitlab_project_id=pid, name=name, path=path)
-        return user.id
+    return add_user(app.state.settings.database_url, email, token, projects)
 
 
 async def seed_world(app: FastAPI, sim: SimulatorServer) -> dict[str, tuple[str, list[int]]]:

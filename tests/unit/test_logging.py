@@ -91,7 +91,7 @@ FORMS = {
     "json_client_secret": ('{"client_secret": "fake\\"json5"}', "json5"),
     "signkey_prod": ("signkey-prod-" + "0f" * 32, "0f" * 32),
     "signkey_branch": ("k=signkey-branch-" + "1e" * 32 + ";", "1e" * 32),
-    "glpat": ("token glpat-FakeFakeFake1234abcd used", "FakeFakeFake1234abcd"),
+    "glpat": ("token glpat-" + "Fake" * 5 + " used", "Fake" * 5),
     "url_password": ("postgresql://app:fakepassw0rd@db/x", "fakepassw0rd"),
 }
 

