@@ -54,14 +54,11 @@ def run_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(sessionmaker)` in a transaction-friendly context; errors become one line."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from app.db.engine import create_engine, create_sessionmaker
+    from app.runtime import open_runtime
 
     async def main() -> T:
-        engine = create_engine(settings)
-        try:
-            return await work(create_sessionmaker(engine))
-        finally:
-            await engine.dispose()
+        async with open_runtime(settings) as runtime:
+            return await work(runtime.sessionmaker)
 
     try:
         return asyncio.run(main())
@@ -337,7 +334,7 @@ async def _resolve_projects(
 ) -> list[tuple[str, str, str]]:
     from app.gitlab.client import GitLabClient
     from app.gitlab.errors import GitLabAPIError, GitLabAuthError, GitLabNotFound
-    from app.main import create_http_client
+    from app.gitlab.transport import create_http_client
 
     out = []
     async with create_http_client(settings) as http:
@@ -427,14 +424,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _register_optional_commands() -> None:
-    """Commands that live in their own modules (scheduler, poll, demo) register themselves."""
+    """Commands that live in their own modules (scheduler, poll) register themselves."""
     import importlib
 
-    from app.simulator.cli import simulator
-
-    cli.command("simulator", help="Run the GitLab API simulator (tests, benchmark, demo).")(
-        simulator
-    )
     for module in ("app.scheduler.cli", "app.poll_cli"):
         try:
             mod = importlib.import_module(module)

@@ -76,15 +76,11 @@ async def poll_once(
 ) -> tuple[PollOutcome, dict[str, str]]:
     """One poll of everyone (or of the given users); returns the outcome and id -> e-mail."""
     from app.db import repository as repo
-    from app.db.engine import create_engine, create_sessionmaker
-    from app.main import create_http_client
+    from app.runtime import open_runtime
     from app.sync.poller import run_poll
-    from app.sync.user_sync import SyncDeps
 
-    engine = create_engine(settings)
-    http = create_http_client(settings)
-    try:
-        sessionmaker = create_sessionmaker(engine)
+    async with open_runtime(settings) as runtime:
+        sessionmaker = runtime.sessionmaker
         async with sessionmaker() as s:
             users = await repo.list_users(s)
         by_email = {u.email: u.id for u in users if u.email}
@@ -96,16 +92,14 @@ async def poll_once(
         progress = Progress(progress_stream, names) if progress_stream is not None else None
         if progress is not None:
             progress.start()
-        deps = SyncDeps(settings=settings, sessionmaker=sessionmaker, http=http)
         try:
-            outcome = await run_poll(deps, user_ids=ids, trigger=CLI_TRIGGER, on_user_done=progress)
+            outcome = await run_poll(
+                runtime.sync, user_ids=ids, trigger=CLI_TRIGGER, on_user_done=progress
+            )
         finally:
             if progress is not None:
                 progress.finish()
         return outcome, names
-    finally:
-        await http.aclose()
-        await engine.dispose()
 
 
 def endpoint_json(summary: PollSummary) -> str:
@@ -196,21 +190,5 @@ def poll(
         raise typer.Exit(1)
 
 
-def demo(
-    port: Annotated[int, typer.Option(help="Port of the service (0: any free port)", min=0)] = 8000,
-    directory: Annotated[
-        str, typer.Option("--dir", help="Folder for the demo's SQLite database (made fresh)")
-    ] = "./demo",
-    cron: Annotated[
-        str, typer.Option(help="When the built-in scheduler polls (5-field cron)")
-    ] = "* * * * *",
-) -> None:
-    """Run everything locally: GitLab simulator, SQLite, the service and its scheduler."""
-    from app.demo import run_demo
-
-    raise typer.Exit(run_demo(port=port, directory=directory, cron=cron))
-
-
 def register(cli: Any) -> None:
     cli.command("poll")(poll)
-    cli.command("demo")(demo)

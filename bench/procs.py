@@ -23,6 +23,7 @@ from bench.scenarios import Scenario
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "gitlab-insights")
+SIM_CLI = str(BIN / "gitlab-sim")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://gi:gi@127.0.0.1:5432/gi")
 SIGNING_KEY = "signkey-bench-" + "b3" * 32  # a fake key, for this benchmark only
 
@@ -58,7 +59,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class Simulator:
-    """`gitlab-insights simulator` in its own process, with the scenario's data and latency."""
+    """`gitlab-sim serve` in its own process, with the scenario's data and latency."""
 
     def __init__(self, sc: Scenario, log_dir: Path) -> None:
         self.sc = sc
@@ -67,8 +68,8 @@ class Simulator:
         self.http = httpx.Client(base_url=self.url, timeout=120)
         self._log = open(log_dir / "simulator.log", "wb")  # noqa: SIM115 - closed in stop()
         args = [
-            CLI,
-            "simulator",
+            SIM_CLI,
+            "serve",
             "--port",
             str(self.port),
             "--seed",

@@ -17,8 +17,9 @@ from app.db import repository as repo
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Event
 from app.settings import Settings, load_settings
-from app.simulator.server import SimulatorServer
-from app.simulator.world import iso_ms
+from gitlab_sim.expected import expected_events
+from gitlab_sim.server import SimulatorServer
+from gitlab_sim.world import iso_ms
 
 SIGNING_KEY = "signkey-test-" + "5e" * 32
 FALLBACK_KEY = "signkey-test-" + "fa" * 32
@@ -211,7 +212,7 @@ def truth(sim: SimulatorServer, username: str, project_ids: list[int]) -> dict[s
     out: dict[str, dict] = {}
     for pid in project_ids:
         p = sim.world.project(pid)
-        for e in sim.world.expected(username, pid):
+        for e in expected_events(sim.world, username, pid):
             assert e["gitlabEventId"] not in out
             out[e["gitlabEventId"]] = {
                 **{k: e[k] for k in COMPARED},

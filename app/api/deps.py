@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.security.signing import SignatureError, authenticate
 from app.settings import Settings
-from app.sync.user_sync import SyncDeps
+from app.sync.deps import SyncDeps
 
 NO_RETRY_HEADERS = {"x-inngest-no-retry": "true"}
 

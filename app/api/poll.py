@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
+from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
 from app.sync.results import PollSummary
-from app.sync.user_sync import SyncDeps
 
 router = APIRouter(tags=["poll"])
 

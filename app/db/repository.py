@@ -26,7 +26,7 @@ from app.db.models import (
     new_id,
     utcnow,
 )
-from app.sync.transform import EventRow
+from app.db.rows import EventRow
 
 GITLAB_PROVIDER = "gitlab"
 

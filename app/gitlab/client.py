@@ -64,6 +64,7 @@ from app.gitlab.schemas import (
     GitLabNote,
     GitLabProject,
 )
+from app.gitlab.transport import LANE_EXTENSION
 from app.settings import Settings
 
 __all__ = [
@@ -93,9 +94,6 @@ _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
 # GitLab's rate limits are per minute; used when a low RateLimit-Remaining comes without Reset.
 _DEFAULT_RATE_WINDOW_S = 60.0
-# Request extension naming the in-flight slot ("lane", 0..GITLAB_USER_CONCURRENCY-1) a request
-# holds: the app's transport gives each lane its own small connection pool (app/main.py).
-LANE_EXTENSION = "gitlab_insights.lane"
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
 _TIMESTAMP_SLACK = timedelta(seconds=1)
 

@@ -31,8 +31,8 @@ from loguru import logger
 from app.db import repository as repo
 from app.security.signing import SIGNATURE_HEADER, SignatureError, verify_inngest_signature
 from app.settings import Settings
+from app.sync.deps import SyncDeps
 from app.sync.poller import PollOutcome, run_poll
-from app.sync.user_sync import SyncDeps
 
 if TYPE_CHECKING:
     import inngest

@@ -14,8 +14,9 @@ from app import metrics
 from app.db import repository as repo
 from app.db.models import utcnow
 from app.logging import redact
+from app.sync.deps import SyncDeps
 from app.sync.results import PollSummary, UserResult, summarize
-from app.sync.user_sync import SyncDeps, sync_user
+from app.sync.user_sync import sync_user
 
 ProgressCallback = Callable[[UserResult, int, int], None]
 

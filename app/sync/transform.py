@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TypedDict
 
+from app.db.rows import EventRow
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
 
 COMMENT_TITLE_PREFIX = "Comment: "
@@ -28,22 +27,6 @@ class ProjectRef:
     def event_project_id(self) -> str:
         # The original stores the project *path* in "Event"."projectId".
         return self.path or self.gitlab_project_id
-
-
-class EventRow(TypedDict):
-    """Columns of "Event" that come from GitLab (id/userId/updatedAt are added on store)."""
-
-    type: str
-    title: str
-    body: str | None
-    author: str
-    authorAvatar: str | None
-    project: str
-    projectId: str
-    labels: list[str]
-    gitlabEventId: str
-    gitlabUrl: str
-    createdAt: datetime
 
 
 def comment_title(body: str | None) -> str:

@@ -15,13 +15,11 @@ from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any
 
-import httpx
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import metrics
+from app import metrics, retry
 from app.db import repository as repo
 from app.db.models import Account, LastSync, MonitoredProject, SyncCursor, utcnow
 from app.gitlab.client import GitLabClient, RequestInfo
@@ -37,6 +35,7 @@ from app.gitlab.oauth import refresh_access_token
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.logging import redact, register_secret
 from app.settings import Settings
+from app.sync.deps import SyncDeps
 from app.sync.results import ProjectFailure, UserResult
 from app.sync.transform import (
     EventRow,
@@ -54,16 +53,6 @@ PAGES_IN_FLIGHT = 4
 RELIST_PASSES = 3
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass
-class SyncDeps:
-    """What a user sync needs; built once per run (or per Inngest step)."""
-
-    settings: Settings
-    sessionmaker: async_sessionmaker
-    http: httpx.AsyncClient
-    sleep: Sleep = asyncio.sleep
 
 
 class UserSkipped(Exception):
@@ -414,7 +403,7 @@ class UserSync:
             async with self.deps.sessionmaker() as s:
                 cursors = await repo.get_cursors(s, self.user_id)
             pending = retryable
-            await self.deps.sleep(self._retry_delay(attempt, failed))
+            await retry.sleep(self._retry_delay(attempt, failed))
 
         failures = [o for o in state.outcomes.values() if o.error is not None]
         result.stored, result.updated = state.stored, state.updated

@@ -38,7 +38,7 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--dir", "demo-data"],
+        [sys.executable, "-m", "gitlab_sim", "demo", "--port", str(port), "--dir", "demo-data"],
         cwd=tmp_path,  # a fresh folder: no scheduler.yaml, no .env
         env=env,
         stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.support import (
     LiveServer,
     add_project,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.integration.test_poll_api import client_for
 from tests.support import add_user, make_settings, query
 

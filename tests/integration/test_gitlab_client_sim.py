@@ -14,8 +14,8 @@ import pytest
 
 from app.gitlab.client import GitLabClient
 from app.settings import Settings, load_settings
-from app.simulator.server import SimulatorServer
-from app.simulator.world import World
+from gitlab_sim.server import SimulatorServer
+from gitlab_sim.world import World
 
 BIG_ISSUES = 25_000
 BIG_PROJECT = "big-group/monorepo"

@@ -38,7 +38,8 @@ from app.db.models import Event, LastSync, PollRun
 from app.jobs import inngest_app
 from app.main import create_app
 from app.settings import Settings, load_settings
-from app.simulator.server import SimulatorServer
+from gitlab_sim.expected import expected_events as oracle_events
+from gitlab_sim.server import SimulatorServer
 from tests.support import add_user
 
 SIGNING_KEY = "signkey-test-" + "1a" * 32
@@ -370,7 +371,7 @@ async def stored_events(app: FastAPI, user_id: str) -> list[dict[str, Any]]:
 def expected_events(sim: SimulatorServer, username: str, pids: list[int]) -> list[dict[str, Any]]:
     out = []
     for pid in pids:
-        for e in sim.world.expected(username, pid):
+        for e in oracle_events(sim.world, username, pid):
             out.append(
                 {**{f: e[f] for f in _COMPARED}, "labels": e["labels"], "createdAt": e["createdAt"]}
             )

@@ -12,7 +12,7 @@ import pytest
 from inngest._internal.net import sign_request as sdk_sign
 
 from app.main import create_app
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.support import (
     FALLBACK_KEY,
     SIGNING_KEY,

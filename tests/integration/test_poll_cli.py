@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.poll_cli import Progress, endpoint_json
-from app.simulator.server import SimulatorServer
 from app.sync.results import PollSummary, UserResult
+from gitlab_sim.server import SimulatorServer
 from tests.support import add_user, project_tuple, query
 
 # Test-speed settings, as tests.support.make_settings uses, through the environment.

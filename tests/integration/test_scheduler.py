@@ -31,7 +31,7 @@ from app.scheduler.runner import (
 )
 from app.security.signing import verify_inngest_signature
 from app.settings import load_settings
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.support import SIGNING_KEY, add_user, free_port, make_settings, project_tuple, query
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z: not on a 10-minute boundary

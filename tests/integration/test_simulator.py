@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.simulator.expected import comment_title
-from app.simulator.generate import generate_world
-from app.simulator.server import SimulatorServer
-from app.simulator.world import SimConfig, World, iso_ms
+from gitlab_sim.expected import comment_title, expected_events
+from gitlab_sim.generate import generate_world
+from gitlab_sim.server import SimulatorServer
+from gitlab_sim.world import SimConfig, World, iso_ms
 
 NOW_MS = 1_780_000_000_000  # fixed "now" for determinism checks
 
@@ -276,7 +276,7 @@ def test_confidential_issues_visible_to_members_and_author(fresh):
     with client(fresh, member) as c:
         ids = {i["id"] for i in c.get(f"/projects/{p.id}/issues", params={"per_page": 100}).json()}
         assert {own.id, secret.id} <= ids
-    exp = {e["gitlabEventId"] for e in w.expected(outsider, p.id)}
+    exp = {e["gitlabEventId"] for e in expected_events(w, outsider, p.id)}
     assert f"issue-{own.id}" in exp and f"issue-{secret.id}" not in exp
 
 
@@ -600,12 +600,12 @@ def test_expected_oracle(fresh):
     assert note["gitlabUrl"] == f"{web}#note_{n_long.id}" and note["labels"] == []
     assert note["type"] == "comment" and note["body"] == long_line
     assert f"note-{n_int.id}" not in events and f"note-{n_sys.id}" not in events
-    member_events = {e["gitlabEventId"] for e in w.expected(member, p.id)}
+    member_events = {e["gitlabEventId"] for e in expected_events(w, member, p.id)}
     assert f"note-{n_int.id}" in member_events
     assert any(e["type"] == "merge_request" for e in events.values())
     private = next(q for q in w.projects.values() if q.visibility == "private")
     stranger = next(u.username for u in w.users.values() if u.id not in private.members)
-    assert w.expected(stranger, private.id) == []
+    assert expected_events(w, stranger, private.id) == []
     assert comment_title("short\nsecond") == "Comment: short"
     assert comment_title("x" * 100) == "Comment: " + "x" * 100
 
@@ -626,7 +626,7 @@ def test_expected_matches_what_the_api_serves(sim):
                         ):
                             got |= {f"note-{n['id']}" for n in nr.json() if not n["system"]}
             assert kind
-    assert got == {e["gitlabEventId"] for e in w.expected(outsider, p.id)}
+    assert got == {e["gitlabEventId"] for e in expected_events(w, outsider, p.id)}
 
 
 def test_determinism_same_seed_same_data():
@@ -639,7 +639,7 @@ def test_determinism_same_seed_same_data():
         for user in d["users"]:
             user.pop("tokens")
         events = {
-            (u.username, p.id): w.expected(u.username, p.id)
+            (u.username, p.id): expected_events(w, u.username, p.id)
             for u in w.users.values()
             for p in w.projects.values()
         }
@@ -700,7 +700,7 @@ def test_python_m_entry_point_serves():
         [
             sys.executable,
             "-m",
-            "app.simulator",
+            "gitlab_sim",
             "--port",
             str(port),
             "--seed",

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from app.settings import Settings
-from app.simulator.faults import FaultSpec
-from app.simulator.server import SimulatorServer
-from app.simulator.world import World
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.server import SimulatorServer
+from gitlab_sim.world import World
 from tests.support import SIGNING_KEY, actual, free_port, query, truth
 
 # The test defaults of tests.support.make_settings, as environment variables.

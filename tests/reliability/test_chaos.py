@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from app.simulator.server import SimulatorServer
-from app.simulator.world import World
+from gitlab_sim.server import SimulatorServer
+from gitlab_sim.world import World
 from tests.reliability.helpers import ServiceProcess, add_chaos, check_all_horizons
 from tests.support import add_user, assert_equal_truth, project_tuple, query
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.reliability.helpers import ServiceProcess, check_all_horizons
 from tests.support import (
     LiveServer,

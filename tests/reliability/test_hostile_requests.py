@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.security.signing import sign_request
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.support import (
     FALLBACK_KEY,
     SIGNING_KEY,

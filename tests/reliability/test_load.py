@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.reliability.helpers import ServiceProcess, audited_env, overlapping_syncs
 from tests.support import add_user, assert_equal_truth, project_tuple, query
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
-from app.simulator.faults import FaultSpec
-from app.simulator.server import SimulatorServer
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.server import SimulatorServer
 from tests.reliability.helpers import check_stored_before, cursor_rows
 from tests.support import LiveServer, add_user, assert_equal_truth, make_settings
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-import app.simulator.server as sim_server
-from app.simulator.server import SimulatorServer
+import gitlab_sim.server as sim_server
+from gitlab_sim.server import SimulatorServer
 from tests.support import LiveServer, add_user, assert_equal_truth, make_settings, project_tuple
 
 # Optional fields GitLab may omit; they are dropped when null, empty or false.

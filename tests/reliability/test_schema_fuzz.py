@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.simulator.server import SimulatorServer
+from gitlab_sim.server import SimulatorServer
 from tests.support import SIGNING_KEY, LiveServer, add_user, make_settings, project_tuple
 
 AUTH = {"Authorization": f"Bearer {SIGNING_KEY}"}

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from app.security.signing import strip_signing_key_prefix
-from app.simulator.faults import FaultSpec
-from app.simulator.server import SimulatorServer
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.server import SimulatorServer
 from tests.reliability.helpers import ServiceProcess, add_chaos
 from tests.support import SIGNING_KEY, add_user, oauth_overrides, project_tuple
 

@@ -8,8 +8,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from app.simulator.faults import FaultSpec
-from app.simulator.server import SimulatorServer
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.server import SimulatorServer
 from tests.reliability.helpers import check_all_horizons, execute
 from tests.support import (
     LiveServer,

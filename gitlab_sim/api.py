@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, unquote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.simulator import render
-from app.simulator.world import Item, ItemKind, Project, User, World
+from gitlab_sim import render
+from gitlab_sim.world import Item, ItemKind, Project, User, World
 
 router = APIRouter()
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from app.simulator.faults import FaultInjector, FaultSpec
-from app.simulator.requestlog import RequestLog
+from gitlab_sim.faults import FaultInjector, FaultSpec
+from gitlab_sim.requestlog import RequestLog
 
 ItemKind = Literal["issue", "merge_request"]
 TokenKind = Literal["personal", "oauth_access", "oauth_refresh"]
@@ -206,7 +206,7 @@ class SimConfig:
 class World:
     """The whole simulated GitLab, plus the server-side knobs (config, faults, request log).
 
-    Build one with `app.simulator.generate.generate_world(seed=...)` or empty with `World()`.
+    Build one with `gitlab_sim.generate.generate_world(seed=...)` or empty with `World()`.
     All public methods are thread-safe.
     """
 
@@ -656,11 +656,6 @@ class World:
 
     def clear_requests(self) -> None:
         self.request_log.clear()
-
-    def expected(self, username: str, project_ref: int | str) -> list[dict[str, Any]]:
-        from app.simulator.expected import expected_events
-
-        return expected_events(self, username, project_ref)
 
     # --- control-API views ----------------------------------------------------------
     def describe(self) -> dict[str, Any]:

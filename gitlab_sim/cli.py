@@ -1,4 +1,4 @@
-"""`gitlab-insights simulator` / `python -m app.simulator`: a seeded GitLab on localhost."""
+"""`gitlab-sim`: the GitLab simulator (`serve`) and the whole-system demo (`demo`)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ from typing import Annotated
 
 import typer
 
-from app.simulator.generate import generate_world
-from app.simulator.server import run_foreground
-from app.simulator.world import OAuthApp, SimConfig
+from gitlab_sim.generate import generate_world
+from gitlab_sim.server import run_foreground
+from gitlab_sim.world import OAuthApp, SimConfig
 
-app = typer.Typer(add_completion=False, help="Run the GitLab API simulator.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="A local GitLab API simulator for tests, the benchmark and the demo.",
+)
 
 
-@app.command()
-def simulator(
+@app.command("serve")
+def serve(
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8929,
     host: Annotated[str, typer.Option(help="Interface; keep it local.")] = "127.0.0.1",
     seed: Annotated[int, typer.Option(help="Seed: same seed, same data.")] = 1,
@@ -66,6 +70,22 @@ def simulator(
         f"{len(world.projects)} projects. Users and tokens: GET {url}/_sim/world"
     )
     run_foreground(world, host=host, port=port, log_level=log_level, base_url=url)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port of the service (0: any free port)", min=0)] = 8000,
+    directory: Annotated[
+        str, typer.Option("--dir", help="Folder for the demo's SQLite database (made fresh)")
+    ] = "./demo",
+    cron: Annotated[
+        str, typer.Option(help="When the built-in scheduler polls (5-field cron)")
+    ] = "* * * * *",
+) -> None:
+    """Run everything locally: GitLab simulator, SQLite, the service and its scheduler."""
+    from gitlab_sim.demo import run_demo
+
+    raise typer.Exit(run_demo(port=port, directory=directory, cron=cron))
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.simulator.api import token_from_headers
-from app.simulator.faults import FaultSpec
-from app.simulator.world import World
+from gitlab_sim.api import token_from_headers
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.world import World
 
 Scope = dict[str, Any]
 

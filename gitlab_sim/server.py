@@ -9,9 +9,9 @@ from typing import Any
 
 import uvicorn
 
-from app.simulator.app import create_app
-from app.simulator.generate import generate_world
-from app.simulator.world import World
+from gitlab_sim.app import create_app
+from gitlab_sim.generate import generate_world
+from gitlab_sim.world import World
 
 
 def _uvicorn_config(world: World, host: str, port: int, log_level: str) -> uvicorn.Config:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.simulator.render import item_web_url
-from app.simulator.world import iso_ms
+from gitlab_sim.render import item_web_url
+from gitlab_sim.world import iso_ms
 
 if TYPE_CHECKING:
-    from app.simulator.world import World
+    from gitlab_sim.world import World
 
 _TITLE_MAX = 100
 

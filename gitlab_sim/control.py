@@ -12,9 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from app.simulator import render
-from app.simulator.faults import FaultSpec
-from app.simulator.world import ItemKind, SimError, World, iso_ms
+from gitlab_sim import render
+from gitlab_sim.expected import expected_events
+from gitlab_sim.faults import FaultSpec
+from gitlab_sim.world import ItemKind, SimError, World, iso_ms
 
 router = APIRouter(prefix="/_sim")
 
@@ -239,7 +240,7 @@ async def revoke_token(body: TokenRef, request: Request) -> dict[str, str]:
 async def expected(
     request: Request, username: str = Query(...), project_id: str = Query(...)
 ) -> list[dict[str, Any]]:
-    return _world(request).expected(username, project_id)
+    return expected_events(_world(request), username, project_id)
 
 
 @router.get("/requests")

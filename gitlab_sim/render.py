@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.simulator.world import Item, Note, Project, User, iso_ms
+from gitlab_sim.world import Item, Note, Project, User, iso_ms
 
 if TYPE_CHECKING:
-    from app.simulator.world import World
+    from gitlab_sim.world import World
 
 
 def item_web_url(base_url: str, project: Project, item: Item) -> str:

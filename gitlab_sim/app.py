@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.simulator import api, control
-from app.simulator.middleware import GitLabLayer
-from app.simulator.world import SimError, World
+from gitlab_sim import api, control
+from gitlab_sim.middleware import GitLabLayer
+from gitlab_sim.world import SimError, World
 
 
 def _is_gitlab_path(request: Request) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 
-from app.simulator.world import Item, Note, OAuthApp, SimConfig, World
+from gitlab_sim.world import Item, Note, OAuthApp, SimConfig, World
 
 DAY_MS = 86_400_000
 

@@ -140,7 +140,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
     from app.db.migrate import MigrationError, upgrade_to_head
     from app.scheduler.runner import RunnerOptions, SchedulerStartError, build_server
     from app.settings import ConfigurationError, load_settings
-    from app.simulator.server import SimulatorServer
+    from gitlab_sim.server import SimulatorServer
 
     def stop_on_sigterm(*_: object) -> None:
         raise KeyboardInterrupt

@@ -1,0 +1,26 @@
+"""Row shapes the repository stores, shared by the sync core and the database layer.
+
+Plain typed dicts, no SQLAlchemy: `sync/transform.py` builds them without touching the
+database, and `db/repository.py` writes them without knowing where they came from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypedDict
+
+
+class EventRow(TypedDict):
+    """Columns of "Event" that come from GitLab (id/userId/updatedAt are added on store)."""
+
+    type: str
+    title: str
+    body: str | None
+    author: str
+    authorAvatar: str | None
+    project: str
+    projectId: str
+    labels: list[str]
+    gitlabEventId: str
+    gitlabUrl: str
+    createdAt: datetime

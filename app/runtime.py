@@ -1,0 +1,50 @@
+"""The one composition root: engine, sessionmaker, GitLab HTTP client and sync dependencies.
+
+The API lifespan (`app/main.py`), every CLI command and the Inngest functions take what they
+need from a `Runtime`; nothing else constructs an engine or an HTTP client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from app.db.engine import create_engine, create_sessionmaker
+from app.gitlab.transport import create_http_client
+from app.settings import Settings
+from app.sync.deps import SyncDeps
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker
+    http: httpx.AsyncClient
+
+    @property
+    def sync(self) -> SyncDeps:
+        return SyncDeps(settings=self.settings, sessionmaker=self.sessionmaker, http=self.http)
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Build the process's resources; close them (HTTP pools, then the engine) on exit."""
+    engine = create_engine(settings)
+    http = create_http_client(settings)
+    try:
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            http=http,
+        )
+    finally:
+        try:
+            await http.aclose()
+        finally:
+            await engine.dispose()

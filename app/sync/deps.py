@@ -1,0 +1,23 @@
+"""What a sync needs from the outside world, built once by `app/runtime.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDeps:
+    """Settings, the database's sessionmaker and the shared GitLab HTTP client.
+
+    One per process (the API lifespan, a CLI command, the Inngest functions): every user
+    task opens its own sessions from `sessionmaker` and shares `http`'s connection pools.
+    """
+
+    settings: Settings
+    sessionmaker: async_sessionmaker
+    http: httpx.AsyncClient
