@@ -701,6 +701,7 @@ def test_python_m_entry_point_serves():
             sys.executable,
             "-m",
             "gitlab_sim",
+            "serve",
             "--port",
             str(port),
             "--seed",
