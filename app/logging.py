@@ -273,9 +273,9 @@ class InterceptHandler(logging.Handler):
             frame = frame.f_back
             depth += 1
         name = record.name
-        logger.patch(lambda r: r.update(name=name)).opt(depth=depth, exception=record.exc_info).log(
-            level, record.getMessage()
-        )
+        logger.patch(lambda r: r.update({"name": name})).opt(
+            depth=depth, exception=record.exc_info
+        ).log(level, record.getMessage())
 
 
 # Logger -> level floor. httpx/httpcore log request URLs (query strings may carry tokens);

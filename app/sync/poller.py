@@ -7,8 +7,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 from app import metrics
 from app.db import repository as repo
@@ -71,115 +75,125 @@ async def run_poll(
     Naming users is a manual refresh (users synced within MIN_REFRESH_INTERVAL are skipped
     as "fresh") unless `manual=False` says the caller is a schedule fanning out per user.
     """
-    settings = deps.settings
-    run_id = uuid.uuid4().hex
-    started_at = utcnow()
-    t0 = perf_counter()
-    log = logger.bind(run_id=run_id, trigger=trigger)
-    if manual is None:
-        manual = user_ids is not None
-    results: list[UserResult] = []
+    run = _Run(deps, trigger, on_user_done)
     metrics.RUNS_IN_PROGRESS.inc()
     try:
         try:
-            async with deps.sessionmaker() as s, s.begin():
-                await repo.create_poll_run(s, run_id, trigger, started_at)
-                if user_ids is None:
-                    targets = [u.id for u in await repo.users_to_poll(s)]
-                else:
-                    known = await repo.users_by_ids(s, list(dict.fromkeys(user_ids)))
-                    targets = []
-                    for uid in dict.fromkeys(user_ids):
-                        if uid not in known:
-                            results.append(_skip(uid, "not_found"))
-                        elif known[uid].project_count == 0:
-                            results.append(_skip(uid, "no_projects"))
-                        else:
-                            targets.append(uid)
+            targets = await run.start(user_ids)
         except Exception as exc:  # noqa: BLE001 - no database, no run
-            log.error("poll could not start: database unavailable ({})", type(exc).__name__)
-            outcome = PollOutcome(
-                summarize(
-                    results=[],
-                    run_id=run_id,
-                    trigger=trigger,
-                    started_at=started_at,
-                    duration_ms=round((perf_counter() - t0) * 1000),
-                    error="database unavailable",
-                ),
-                status_code=503,
-                retry_after=30,
-            )
-            metrics.POLL_RUNS.labels("unavailable").inc()
-            return outcome
+            return run.unavailable(exc)
+        await run.fan_out(targets, manual=user_ids is not None if manual is None else manual)
+        return await run.finish(user_ids or targets)
+    finally:
+        metrics.RUNS_IN_PROGRESS.dec()
 
-        total = len(targets) + len(results)
-        detector = _GitLabDownDetector(settings.gitlab_down_threshold)
-        semaphore = asyncio.Semaphore(settings.poll_concurrency)
 
-        def done(result: UserResult) -> None:
-            results.append(result)
-            detector.observe(result)
-            if on_user_done is not None:
-                on_user_done(result, len(results), total)
+class _Run:
+    """One poll run: its id, its results so far, and the GitLab-down detector."""
+
+    def __init__(self, deps: SyncDeps, trigger: str, on_user_done: ProgressCallback | None) -> None:
+        self.deps = deps
+        self.trigger = trigger
+        self.on_user_done = on_user_done
+        self.run_id = uuid.uuid4().hex
+        self.started_at = utcnow()
+        self.t0 = perf_counter()
+        self.log = logger.bind(run_id=self.run_id, trigger=trigger)
+        self.results: list[UserResult] = []
+        self.total = 0
+        self.detector = _GitLabDownDetector(deps.settings.gitlab_down_threshold)
+
+    async def start(self, user_ids: Sequence[str] | None) -> list[str]:
+        """Record the run and choose its users; named users that cannot run are skipped."""
+        async with self.deps.sessionmaker() as s, s.begin():
+            await repo.create_poll_run(s, self.run_id, self.trigger, self.started_at)
+            if user_ids is None:
+                return [u.id for u in await repo.users_to_poll(s)]
+            wanted = list(dict.fromkeys(user_ids))
+            known = await repo.users_by_ids(s, wanted)
+        targets = []
+        for uid in wanted:
+            if uid not in known:
+                self.results.append(_skip(uid, "not_found"))
+            elif known[uid].project_count == 0:
+                self.results.append(_skip(uid, "no_projects"))
+            else:
+                targets.append(uid)
+        return targets
+
+    def unavailable(self, exc: Exception) -> PollOutcome:
+        self.log.error("poll could not start: database unavailable ({})", type(exc).__name__)
+        metrics.POLL_RUNS.labels("unavailable").inc()
+        summary = self._summary(results=[], error="database unavailable")
+        return PollOutcome(summary, status_code=503, retry_after=30)
+
+    async def fan_out(self, targets: list[str], *, manual: bool) -> None:
+        """Every target user, at most POLL_CONCURRENCY at once; the rest skipped once GitLab
+        is seen down."""
+        self.total = len(targets) + len(self.results)
+        if self.on_user_done is not None:
+            for i, r in enumerate(self.results, 1):
+                self.on_user_done(r, i, self.total)
+        semaphore = asyncio.Semaphore(self.deps.settings.poll_concurrency)
 
         async def one(user_id: str) -> None:
             async with semaphore:
-                if detector.down:
-                    done(_skip(user_id, "gitlab_unavailable"))
-                    return
-                done(await sync_user(deps, user_id, run_id, manual=manual))
+                if self.detector.down:
+                    result = _skip(user_id, "gitlab_unavailable")
+                else:
+                    result = await sync_user(self.deps, user_id, self.run_id, manual=manual)
+            self._done(result)
 
-        if on_user_done is not None:
-            for i, r in enumerate(results, 1):
-                on_user_done(r, i, total)
         await asyncio.gather(*(one(uid) for uid in targets))
 
-        # Keep the caller's order: easier to read and to compare.
-        order = {uid: i for i, uid in enumerate(user_ids or targets)}
-        results.sort(key=lambda r: order.get(r.user_id, len(order)))
-        duration_ms = round((perf_counter() - t0) * 1000)
-        error = "gitlab unavailable" if detector.down else None
-        summary = summarize(
-            results=results,
-            run_id=run_id,
-            trigger=trigger,
-            started_at=started_at,
-            duration_ms=duration_ms,
-            error=error,
-        )
-        status_code = 503 if detector.down else 200
-        await _finish(deps, summary, status_code, log)
-        metrics.RUN_DURATION.observe(duration_ms / 1000)
-        metrics.POLL_RUNS.labels(
-            "unavailable" if detector.down else ("success" if summary.success else "failure")
-        ).inc()
-        if summary.success and not detector.down:
+    def _done(self, result: UserResult) -> None:
+        self.results.append(result)
+        self.detector.observe(result)
+        if self.on_user_done is not None:
+            self.on_user_done(result, len(self.results), self.total)
+
+    async def finish(self, order: Sequence[str]) -> PollOutcome:
+        """Summarize (in the caller's order), record the run, count it in the metrics."""
+        position = {uid: i for i, uid in enumerate(order)}
+        self.results.sort(key=lambda r: position.get(r.user_id, len(position)))
+        down = self.detector.down
+        summary = self._summary(self.results, error="gitlab unavailable" if down else None)
+        status_code = 503 if down else 200
+        await _record_run(self.deps, summary, status_code, self.log)
+        metrics.RUN_DURATION.observe(summary.duration_ms / 1000)
+        outcome = "unavailable" if down else ("success" if summary.success else "failure")
+        metrics.POLL_RUNS.labels(outcome).inc()
+        if summary.success and not down:
             metrics.LAST_SUCCESS.set(utcnow().timestamp())
-        log.bind(
+        self.log.bind(
             processed=summary.processed,
             failed=summary.failed,
             skipped=summary.skipped,
             total=summary.total,
             stored=summary.events.stored,
             updated=summary.events.updated,
-            duration_ms=duration_ms,
+            duration_ms=summary.duration_ms,
             success=summary.success,
         ).info("poll run finished")
-        return PollOutcome(
-            summary,
-            status_code,
-            retry_after=settings.gitlab_down_retry_after_seconds if detector.down else None,
+        retry_after = self.deps.settings.gitlab_down_retry_after_seconds if down else None
+        return PollOutcome(summary, status_code, retry_after=retry_after)
+
+    def _summary(self, results: list[UserResult], error: str | None) -> PollSummary:
+        return summarize(
+            results=results,
+            run_id=self.run_id,
+            trigger=self.trigger,
+            started_at=self.started_at,
+            duration_ms=round((perf_counter() - self.t0) * 1000),
+            error=error,
         )
-    finally:
-        metrics.RUNS_IN_PROGRESS.dec()
 
 
 def _skip(user_id: str, reason: str) -> UserResult:
     return UserResult(user_id=user_id, status="skipped", reason=reason)
 
 
-async def _finish(deps: SyncDeps, summary: PollSummary, status_code: int, log) -> None:
+async def _record_run(deps: SyncDeps, summary: PollSummary, status_code: int, log: Logger) -> None:
     try:
         async with deps.sessionmaker() as s, s.begin():
             await repo.finish_poll_run(

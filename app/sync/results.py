@@ -10,6 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 UserStatusName = Literal["processed", "failed", "skipped"]
 
 
+class UserSkipped(Exception):
+    """The user cannot be synced now for a reason that is not a failure (no token...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
 class ProjectFailure(BaseModel):
     gitlab_project_id: str
     project_path: str

@@ -1,6 +1,7 @@
 """Loaded by service subprocesses of the reliability tests (PYTHONPATH), only when
-GI_SYNC_AUDIT names a file: every user sync's lease-held work is appended there as one JSON
-line {user, pid, start, end} on the system-wide monotonic clock, so tests can prove that no
+GI_SYNC_AUDIT names a file: every user sync's lease-held work (the public seam
+`UserLease.held`) is appended there as one JSON line {user, pid, start, end} on the
+system-wide monotonic clock, so tests can prove that no
 user is ever synced by two runs at once, even across processes."""
 
 import os
@@ -8,16 +9,19 @@ import os
 if os.environ.get("GI_SYNC_AUDIT"):
     import json
     import time
+    from contextlib import asynccontextmanager
 
-    from app.sync import user_sync
+    from app.sync.lease import UserLease
 
     _path = os.environ["GI_SYNC_AUDIT"]
-    _original = user_sync.UserSync._attempts
+    _original = UserLease.held
 
-    async def _audited(self, result):
+    @asynccontextmanager
+    async def _audited(self):
         start = time.monotonic()
         try:
-            return await _original(self, result)
+            async with _original(self):
+                yield
         finally:
             line = json.dumps(
                 {"user": self.user_id, "pid": os.getpid(), "start": start, "end": time.monotonic()}
@@ -28,4 +32,4 @@ if os.environ.get("GI_SYNC_AUDIT"):
             finally:
                 os.close(fd)
 
-    user_sync.UserSync._attempts = _audited
+    UserLease.held = _audited
