@@ -7,7 +7,7 @@ print; `format_settings_error` turns a validation failure into one readable line
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
@@ -201,10 +201,10 @@ def format_settings_error(err: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(parts)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build Settings, converting validation errors into a ConfigurationError line."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as err:
         raise ConfigurationError(format_settings_error(err)) from None
 

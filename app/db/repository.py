@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import (
@@ -43,8 +45,21 @@ _TRACKED_COLUMNS = (
 )
 
 
-def _insert(session: AsyncSession, table: type) -> sa.Insert:
-    name = session.bind.dialect.name
+# Both dialects' INSERT ... ON CONFLICT statements (the same API: excluded, on_conflict_*).
+Upsert = postgresql.Insert | sqlite.Insert
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _table(model: Any) -> sa.Table:
+    """A model's table (typed as a Table: declarative models expose a generic FromClause)."""
+    return cast(sa.Table, model.__table__)
+
+
+def _insert(session: AsyncSession, table: sa.Table | type[Any]) -> Upsert:
+    name = _dialect(session)
     if name == "postgresql":
         return postgresql.insert(table)
     if name == "sqlite":
@@ -53,19 +68,19 @@ def _insert(session: AsyncSession, table: type) -> sa.Insert:
 
 
 _TABLES: dict[str, sa.Table] = {
-    "advance_cursor": SyncCursor.__table__,
-    "upsert_last_sync": LastSync.__table__,
-    "try_acquire_lease": SyncLease.__table__,
+    "advance_cursor": _table(SyncCursor),
+    "upsert_last_sync": _table(LastSync),
+    "try_acquire_lease": _table(SyncLease),
 }
 _STATEMENTS: dict[tuple[str, str], sa.Insert] = {}
 
 
 def _cached(
-    session: AsyncSession, name: str, build: Callable[[sa.Insert, sa.Table], sa.Insert]
+    session: AsyncSession, name: str, build: Callable[[Upsert, sa.Table], sa.Insert]
 ) -> sa.Insert:
     """An upsert built once per dialect, without values, executed with a parameter dict:
     SQLAlchemy then reuses its compiled form instead of rebuilding and re-keying it."""
-    key = (name, session.bind.dialect.name)
+    key = (name, _dialect(session))
     stmt = _STATEMENTS.get(key)
     if stmt is None:
         table = _TABLES[name]
@@ -199,7 +214,7 @@ async def get_gitlab_account(
         .order_by(Account.updatedAt.desc())
         .limit(1)
     )
-    if for_update and session.bind.dialect.name == "postgresql":
+    if for_update and _dialect(session) == "postgresql":
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
 
@@ -229,7 +244,7 @@ async def store_rotated_tokens(
             updatedAt=utcnow(),
         )
     )
-    result = await session.execute(stmt)
+    result = cast(CursorResult[Any], await session.execute(stmt))
     return result.rowcount == 1
 
 
@@ -315,10 +330,10 @@ def _upsert_events_stmt(session: AsyncSession) -> sa.Insert:
     per call with .values(rows) re-created the EXCLUDED alias and recompiled the statement
     for every page: half of the service's CPU time.
     """
-    name = session.bind.dialect.name
+    name = _dialect(session)
     stmt = _UPSERT_EVENTS.get(name)
     if stmt is None:
-        table = Event.__table__
+        table = _table(Event)
         ins = _insert(session, table)
         excluded = ins.excluded
         changed = sa.or_(*(table.c[c].is_distinct_from(excluded[c]) for c in _TRACKED_COLUMNS))
@@ -371,7 +386,7 @@ async def get_cursors(session: AsyncSession, user_id: str) -> dict[str, SyncCurs
     return {c.gitlab_project_id: c for c in (await session.execute(stmt)).scalars()}
 
 
-def _build_advance_cursor(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+def _build_advance_cursor(ins: Upsert, table: sa.Table) -> sa.Insert:
     # On the table, not the ORM entity: the entity took the ORM bulk-insert path per call.
     excluded = ins.excluded
     c = table.c
@@ -438,7 +453,7 @@ async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-def _build_upsert_last_sync(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+def _build_upsert_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
     return ins.on_conflict_do_update(
         index_elements=[table.c.userId],
         set_={"lastSyncAt": ins.excluded.lastSyncAt, "updatedAt": ins.excluded.updatedAt},
@@ -462,7 +477,7 @@ async def upsert_last_sync(session: AsyncSession, user_id: str, last_sync_at: da
 # --- leases -------------------------------------------------------------------------------------
 
 
-def _build_acquire_lease(ins: sa.Insert, table: sa.Table) -> sa.Insert:
+def _build_acquire_lease(ins: Upsert, table: sa.Table) -> sa.Insert:
     return ins.on_conflict_do_update(
         index_elements=[table.c.user_id],
         set_={
@@ -497,7 +512,8 @@ async def renew_lease(session: AsyncSession, user_id: str, holder: str, ttl_seco
         .where(SyncLease.user_id == user_id, SyncLease.holder == holder)
         .values(expires_at=utcnow() + timedelta(seconds=ttl_seconds))
     )
-    return (await session.execute(stmt)).rowcount == 1
+    result = cast(CursorResult[Any], await session.execute(stmt))
+    return result.rowcount == 1
 
 
 async def release_lease(session: AsyncSession, user_id: str, holder: str) -> None:
