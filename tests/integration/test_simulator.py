@@ -521,10 +521,12 @@ def test_latency(fresh):
     with client(fresh, "user1") as c:
         t = time.perf_counter()
         c.get("/user")
-        assert time.perf_counter() - t >= 0.15
-    t = time.perf_counter()
-    httpx.get(f"{fresh.url}/_sim/config")
-    assert time.perf_counter() - t < 0.15  # control routes are never delayed
+        assert time.perf_counter() - t >= 0.15  # a lower bound: load only makes it longer
+    # Control routes are never delayed: with a minute of latency they still answer within
+    # a 10-s timeout (a timeout, not a speed assertion: a delayed route would take 60 s).
+    fresh.world.configure(latency_ms=60_000)
+    assert httpx.get(f"{fresh.url}/_sim/config", timeout=10).status_code == 200
+    fresh.world.configure(latency_ms=0)
 
 
 def test_request_log(fresh):
@@ -664,8 +666,8 @@ def test_determinism_same_seed_same_data():
     assert min(times) >= iso_ms(NOW_MS - 30 * 86_400_000) and max(times) <= iso_ms(NOW_MS)
 
 
-def test_big_project_generates_and_pages_fast():
-    t = time.perf_counter()
+def test_big_project_generates_and_pages():
+    # Speed is measured by the benchmark (bench/), never asserted here: CI machines are noisy.
     world = generate_world(
         seed=5,
         users=2,
@@ -675,9 +677,7 @@ def test_big_project_generates_and_pages_fast():
         big_project_notes=0,
         config=SimConfig(),
     )
-    assert time.perf_counter() - t < 5
     with SimulatorServer(world) as s, client(s, "user1") as c:
-        t = time.perf_counter()
         r = c.get(
             "/projects/2/issues",
             params={
@@ -689,7 +689,6 @@ def test_big_project_generates_and_pages_fast():
         )
         assert r.status_code == 200 and len(r.json()) == 100
         assert c.get("/projects/2/issues", params={"per_page": 100, "page": 501}).status_code == 405
-        assert time.perf_counter() - t < 1
 
 
 def test_python_m_entry_point_serves():

@@ -292,11 +292,15 @@ def test_registry_longest_secret_wins_and_odd_characters() -> None:
     assert registry.redact("[has spaces: and colons]") == f"[{REDACTED}]"
 
 
-def test_hostile_input_stays_fast() -> None:
-    import time
+def test_hostile_input_does_not_backtrack() -> None:
+    import threading
 
     register_secret(DB_TOKEN)
-    start = time.perf_counter()
-    for text in ("a-" * 20_000, "a." * 20_000, "x" * 40_000, "token:" * 5_000):
-        redact(text)
-    assert time.perf_counter() - start < 2
+    texts = ("a-" * 20_000, "a." * 20_000, "x" * 40_000, "token:" * 5_000)
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.extend(redact(t) for t in texts), daemon=True)
+    worker.start()
+    # A hang guard, not a speed assertion: catastrophic backtracking on 40,000 characters
+    # takes hours; linear redaction takes milliseconds even on a loaded machine.
+    worker.join(timeout=120)
+    assert len(done) == len(texts), "redact() did not finish: catastrophic backtracking"
