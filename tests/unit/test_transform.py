@@ -96,19 +96,53 @@ def note(body, **fields):
 
 
 def test_comment_row():
-    row = transform_note(note("  Looks good  \nsecond line"), PROJECT)
-    assert row["type"] == "comment"
-    assert row["title"] == "Comment: Looks good"
-    assert row["body"] == "  Looks good  \nsecond line"
-    assert row["gitlabEventId"] == "note-301"
-    assert row["gitlabUrl"].endswith("#note_301")
-    assert row["labels"] == []
-    assert row["author"] == "pipin"
+    row = transform_note(
+        note(
+            "  Looks good  \nsecond line",
+            author={"username": "pipin", "avatar_url": "https://x/pipin.png"},
+        ),
+        PROJECT,
+    )
+    assert row == {
+        "type": "comment",
+        "title": "Comment: Looks good",
+        "body": "  Looks good  \nsecond line",
+        "author": "pipin",
+        "authorAvatar": "https://x/pipin.png",
+        "project": "My Project",
+        "projectId": "my-group/my-project",
+        "labels": [],
+        "gitlabEventId": "note-301",
+        "gitlabUrl": "http://gitlab.example.com/g/p/-/merge_requests/2#note_301",
+        "createdAt": datetime(2013, 10, 2, 8, 57, 14, tzinfo=UTC),
+    }
+
+
+def test_comment_row_without_url_body_or_avatar_and_fallback_project():
+    row = transform_note(note(None, web_url=None), ProjectRef("5", None, None))
+    assert row["gitlabUrl"] == ""
+    assert row["title"] == "Comment: "
+    assert row["body"] is None
+    assert row["authorAvatar"] is None
+    assert row["project"] == "Project 5"
+    assert row["projectId"] == "5"
+
+
+def test_comment_title_is_the_first_of_several_lines():
+    assert comment_title("first\nsecond") == "Comment: first"
+    assert comment_title("first\nsecond\nthird") == "Comment: first"
+    assert comment_title(" first \n second \n third \n fourth") == "Comment: first"
+    assert comment_title("\nsecond\nthird") == "Comment: "
+    row = transform_note(note("first\nsecond\nthird"), PROJECT)
+    assert row["title"] == "Comment: first"
+    assert row["body"] == "first\nsecond\nthird"
 
 
 def test_comment_title_truncation_boundaries():
     assert comment_title("a" * 100) == "Comment: " + "a" * 100
     assert comment_title("a" * 101) == "Comment: " + "a" * 97 + "..."
+    assert comment_title("  " + "a" * 100 + "  \nb") == "Comment: " + "a" * 100
+    assert comment_title("a" * 99 + "bc") == "Comment: " + "a" * 97 + "..."
     assert comment_title("") == "Comment: "
     assert comment_title(None) == "Comment: "
     assert comment_title("x\r\ny") == "Comment: x"
