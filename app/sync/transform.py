@@ -1,8 +1,13 @@
-"""GitLab payloads -> "Event" rows, exactly as the original event-transformer did. Pure."""
+"""GitLab payloads -> "Event" rows, exactly as the original event-transformer did. Pure.
+
+``createdAt`` is always timezone-aware UTC: GitLab's API times are UTC, so a time without an
+offset is taken as UTC (never as the host's local time) and any other offset is converted.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.db.rows import EventRow
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
@@ -29,6 +34,10 @@ class ProjectRef:
         return self.path or self.gitlab_project_id
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def comment_title(body: str | None) -> str:
     lines = (body or "").split("\n", 1)
     first = lines[0].strip()
@@ -51,7 +60,7 @@ def _transform_item(
         labels=list(item.labels),
         gitlabEventId=f"{prefix}-{item.id}",
         gitlabUrl=item.web_url,
-        createdAt=item.created_at,
+        createdAt=_utc(item.created_at),
     )
 
 
@@ -75,5 +84,5 @@ def transform_note(note: GitLabNote, project: ProjectRef) -> EventRow:
         labels=[],
         gitlabEventId=f"note-{note.id}",
         gitlabUrl=note.web_url or "",
-        createdAt=note.created_at,
+        createdAt=_utc(note.created_at),
     )

@@ -7,6 +7,8 @@ from inngest._internal import net
 from starlette.datastructures import Headers
 
 from app.security.signing import (
+    MAX_AUTHORIZATION_LEN,
+    MAX_SIGNATURE_HEADER_LEN,
     SignatureError,
     authenticate,
     canonicalize_body,
@@ -205,6 +207,40 @@ def test_huge_header_rejected() -> None:
     assert check_of(verify, header, body).check == "malformed_signature"
 
 
+def test_signature_header_length_limit_is_exact() -> None:
+    body = b"{}"
+    signed = sdk_sign(body) + "&pad="
+    at_limit = signed + "x" * (MAX_SIGNATURE_HEADER_LEN - len(signed))
+    assert len(at_limit) == MAX_SIGNATURE_HEADER_LEN == 256
+    verify(at_limit, body)  # unknown fields are ignored; the length is what is tested
+    one_past = at_limit + "x"
+    assert check_of(verify, one_past, body).check == "malformed_signature"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # A blank field is a malformed field, not an absent one.
+        f"t=&s={'a' * 64}",
+        f"s={'a' * 64}&t=",
+        # A blank duplicate is still a duplicate (it must not vanish and leave the good one).
+        "t=&" + sdk_sign(b"{}"),
+        "s=&" + sdk_sign(b"{}"),
+        sdk_sign(b"{}") + "&t=",
+    ],
+)
+def test_blank_fields_are_malformed(header: str) -> None:
+    assert check_of(verify, header, b"{}").check == "malformed_signature"
+
+
+def test_duplicate_fields_say_so() -> None:
+    good = sdk_sign(b"{}")
+    error = check_of(verify, f"{good}&t={NOW}", b"{}")
+    assert error.check == "malformed_signature"
+    assert error.message == "X-Inngest-Signature has duplicate fields"
+    assert str(error) == error.message
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -229,6 +265,38 @@ def test_no_key_configured() -> None:
     assert check_of(verify, sdk_sign(b"{}"), b"{}", keys=()).check == "no_key_configured"
     assert check_of(verify, sdk_sign(b"{}"), b"{}", keys=("",)).check == "no_key_configured"
     assert check_of(verify_bearer, f"Bearer {KEY}", []).check == "no_key_configured"
+
+
+@pytest.mark.parametrize("prefix_only", ["signkey-test-", "signkey-prod-", "signkey-branch-"])
+def test_a_key_that_is_only_the_prefix_is_no_key(prefix_only: str) -> None:
+    """Stripped, it is empty: refused as no key, never used as an empty HMAC key."""
+    body = b"{}"
+    # What an attacker could compute knowing nothing: the HMAC under an empty key.
+    empty_key_sig = sdk_sign(body, prefix_only)
+    assert check_of(verify, empty_key_sig, body, keys=(prefix_only,)).check == "no_key_configured"
+    assert check_of(verify, empty_key_sig, body, keys=(prefix_only, "")).check == (
+        "no_key_configured"
+    )
+    assert check_of(verify_bearer, f"Bearer {prefix_only}", [prefix_only]).check == (
+        "no_key_configured"
+    )
+    assert check_of(auth, {"authorization": f"Bearer {KEY}"}, keys=(prefix_only,)).check == (
+        "no_key_configured"
+    )
+    # Next to a real key it is skipped: the real key works, the empty one never matches.
+    verify(sdk_sign(body), body, keys=(prefix_only, KEY))
+    assert check_of(verify, empty_key_sig, body, keys=(prefix_only, KEY)).check == "bad_signature"
+    assert check_of(verify_bearer, f"Bearer {prefix_only}", [prefix_only, KEY]).check == (
+        "bad_token"
+    )
+    verify_bearer(f"Bearer {KEY}", [prefix_only, KEY])
+
+
+def test_prefix_is_stripped_once_from_the_start_only() -> None:
+    assert strip_signing_key_prefix("signkey-test-signkey-prod-ab") == "signkey-prod-ab"
+    assert strip_signing_key_prefix("ab-signkey-test-cd") == "ab-signkey-test-cd"
+    assert strip_signing_key_prefix("signkey-test-") == ""
+    assert strip_signing_key_prefix("signkey--ab") == "signkey--ab"
 
 
 # --- bearer -------------------------------------------------------------------------------
@@ -267,6 +335,21 @@ def test_bearer_rejected(value: str | None, check: str) -> None:
     assert check_of(verify_bearer, value, [KEY]).check == check
 
 
+def test_bearer_token_is_one_word_even_if_a_key_has_a_space() -> None:
+    spaced = "signkey-test-ab cd"
+    assert check_of(verify_bearer, f"Bearer {spaced}", [spaced]).check == "bad_token"
+
+
+def test_authorization_length_limit_is_exact() -> None:
+    prefix = "Bearer "
+    long_key = "signkey-test-" + "a" * (MAX_AUTHORIZATION_LEN - len(prefix) - 13)
+    at_limit = prefix + long_key
+    assert len(at_limit) == MAX_AUTHORIZATION_LEN == 1024
+    verify_bearer(at_limit, [long_key])
+    longer_key = long_key + "a"
+    assert check_of(verify_bearer, prefix + longer_key, [longer_key]).check == "bad_token"
+
+
 # --- authenticate -------------------------------------------------------------------------
 
 
@@ -299,9 +382,49 @@ def test_authenticate_rejects_duplicate_credential_headers() -> None:
         (b"x-inngest-signature", sdk_sign(b"{}").encode()),
         (b"x-inngest-signature", sdk_sign(b"{}", OTHER).encode()),
     ]
-    assert check_of(auth, Headers(raw=raw)).check == "malformed_signature"
+    error = check_of(auth, Headers(raw=raw))
+    assert error.check == "malformed_signature"
+    assert str(error) == "x-inngest-signature header sent more than once"
     raw = [(b"authorization", f"Bearer {KEY}".encode()), (b"authorization", b"Bearer x")]
-    assert check_of(auth, Headers(raw=raw)).check == "bad_token"
+    error = check_of(auth, Headers(raw=raw))
+    assert error.check == "bad_token"
+    assert str(error) == "authorization header sent more than once"
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        ("missing_signature", "X-Inngest-Signature header is missing or empty"),
+        ("malformed_signature", "X-Inngest-Signature header is malformed"),
+        ("missing_timestamp", "X-Inngest-Signature header has no timestamp"),
+        ("stale_timestamp", "signature timestamp is too old"),
+        ("future_timestamp", "signature timestamp is too far in the future"),
+        ("invalid_body", "request body is not valid JSON"),
+        ("bad_signature", "signature does not match any configured signing key"),
+        ("no_key_configured", "no signing key is configured"),
+        ("missing_credentials", "no X-Inngest-Signature or Authorization header"),
+        ("wrong_scheme", "unsupported authorization scheme; use Bearer"),
+        ("bad_token", "credentials do not match any configured signing key"),
+        ("not_a_known_check", "authentication failed"),
+    ],
+)
+def test_each_check_has_its_message(check: str, message: str) -> None:
+    """The message is the 401's detail (str(error)); a caller may override it."""
+    error = SignatureError(check)
+    assert (error.check, error.message, str(error)) == (check, message, message)
+    custom = SignatureError(check, "custom text")
+    assert (custom.check, custom.message, str(custom)) == (check, "custom text", "custom text")
+
+
+def test_raised_errors_carry_their_checks_message() -> None:
+    stale = check_of(verify, sdk_sign(b"{}", t=NOW - MAX_AGE - 1), b"{}")
+    assert str(stale) == "signature timestamp is too old"
+    assert str(check_of(verify_bearer, f"Basic {KEY}", [KEY])) == (
+        "unsupported authorization scheme; use Bearer"
+    )
 
 
 # --- messages never leak ------------------------------------------------------------------

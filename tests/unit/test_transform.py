@@ -1,6 +1,10 @@
 """The transform is the original's, field by field (original-story-3.5, seed-schema)."""
 
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
 from app.sync.transform import (
@@ -73,38 +77,113 @@ def test_fallback_project_name_and_path():
     assert row["projectId"] == "4"
 
 
-def note(body):
+def note(body, **fields):
     return GitLabNote.model_validate(
         {
             "id": 301,
             "body": body,
             "author": {"username": "pipin"},
-            "created_at": "2013-10-02T08:57:14Z",
+            "created_at": fields.pop("created_at", "2013-10-02T08:57:14Z"),
             "updated_at": "2013-10-02T08:57:14Z",
             "system": False,
             "noteable_type": "MergeRequest",
             "noteable_iid": 2,
             "project_id": 5,
             "web_url": "http://gitlab.example.com/g/p/-/merge_requests/2#note_301",
+            **fields,
         }
     )
 
 
 def test_comment_row():
-    row = transform_note(note("  Looks good  \nsecond line"), PROJECT)
-    assert row["type"] == "comment"
-    assert row["title"] == "Comment: Looks good"
-    assert row["body"] == "  Looks good  \nsecond line"
-    assert row["gitlabEventId"] == "note-301"
-    assert row["gitlabUrl"].endswith("#note_301")
-    assert row["labels"] == []
-    assert row["author"] == "pipin"
+    row = transform_note(
+        note(
+            "  Looks good  \nsecond line",
+            author={"username": "pipin", "avatar_url": "https://x/pipin.png"},
+        ),
+        PROJECT,
+    )
+    assert row == {
+        "type": "comment",
+        "title": "Comment: Looks good",
+        "body": "  Looks good  \nsecond line",
+        "author": "pipin",
+        "authorAvatar": "https://x/pipin.png",
+        "project": "My Project",
+        "projectId": "my-group/my-project",
+        "labels": [],
+        "gitlabEventId": "note-301",
+        "gitlabUrl": "http://gitlab.example.com/g/p/-/merge_requests/2#note_301",
+        "createdAt": datetime(2013, 10, 2, 8, 57, 14, tzinfo=UTC),
+    }
+
+
+def test_comment_row_without_url_body_or_avatar_and_fallback_project():
+    row = transform_note(note(None, web_url=None), ProjectRef("5", None, None))
+    assert row["gitlabUrl"] == ""
+    assert row["title"] == "Comment: "
+    assert row["body"] is None
+    assert row["authorAvatar"] is None
+    assert row["project"] == "Project 5"
+    assert row["projectId"] == "5"
+
+
+def test_comment_title_is_the_first_of_several_lines():
+    assert comment_title("first\nsecond") == "Comment: first"
+    assert comment_title("first\nsecond\nthird") == "Comment: first"
+    assert comment_title(" first \n second \n third \n fourth") == "Comment: first"
+    assert comment_title("\nsecond\nthird") == "Comment: "
+    row = transform_note(note("first\nsecond\nthird"), PROJECT)
+    assert row["title"] == "Comment: first"
+    assert row["body"] == "first\nsecond\nthird"
 
 
 def test_comment_title_truncation_boundaries():
     assert comment_title("a" * 100) == "Comment: " + "a" * 100
     assert comment_title("a" * 101) == "Comment: " + "a" * 97 + "..."
+    assert comment_title("  " + "a" * 100 + "  \nb") == "Comment: " + "a" * 100
+    assert comment_title("a" * 99 + "bc") == "Comment: " + "a" * 97 + "..."
     assert comment_title("") == "Comment: "
     assert comment_title(None) == "Comment: "
     assert comment_title("x\r\ny") == "Comment: x"
     assert comment_title("héllo ✓ 日本") == "Comment: héllo ✓ 日本"
+
+
+# --- createdAt is aware UTC, whatever the host's time zone -----------------------------------
+
+
+@pytest.fixture
+def new_york_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run on a host whose local time is not UTC (UTC-5 in January), then restore."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    assert time.timezone != 0
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york_tz")
+@pytest.mark.parametrize(
+    ("created_at", "expected"),
+    [
+        # GitLab's own form.
+        ("2016-01-04T15:31:46.176Z", datetime(2016, 1, 4, 15, 31, 46, 176000, tzinfo=UTC)),
+        # No offset: GitLab's times are UTC, never the host's local time.
+        ("2016-01-04T15:31:46.176", datetime(2016, 1, 4, 15, 31, 46, 176000, tzinfo=UTC)),
+        # Another offset: the same instant, expressed in UTC.
+        ("2016-01-04T15:31:46.176+02:00", datetime(2016, 1, 4, 13, 31, 46, 176000, tzinfo=UTC)),
+    ],
+)
+def test_created_at_is_utc_on_a_non_utc_host(created_at: str, expected: datetime) -> None:
+    rows = [
+        transform_issue(GitLabIssue.model_validate({**ISSUE, "created_at": created_at}), PROJECT),
+        transform_merge_request(
+            GitLabMergeRequest.model_validate({**ISSUE, "created_at": created_at}), PROJECT
+        ),
+        transform_note(note("hi", created_at=created_at), PROJECT),
+    ]
+    for row in rows:
+        value = row["createdAt"]
+        assert value == expected
+        assert value.utcoffset() == timedelta(0)
