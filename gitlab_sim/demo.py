@@ -1,4 +1,4 @@
-"""`gitlab-insights demo`: the whole system on one machine, with nothing configured.
+"""`gitlab-sim demo`: the whole system on one machine, with nothing configured.
 
 Starts the GitLab simulator (seeded demo data) on a free loopback port, makes a fresh SQLite
 database in --dir, adds the simulator's users (with their tokens) and their projects, then
