@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +50,6 @@ from app.security.signing import sign_request
 from app.settings import Settings
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 TRIGGER_HEADER = "x-gitlab-insights-trigger"
 
 
@@ -151,7 +150,7 @@ class PollScheduler:
         url: str | None = None,
         client: httpx.AsyncClient | None = None,
         clock: Clock = time.time,
-        sleep: Sleep = asyncio.sleep,
+        sleep: retry.Sleep = asyncio.sleep,
         attempt_deadline: float | None = None,
         on_result: Callable[[FireResult], None] | None = None,
         extra_headers: dict[str, str] | None = None,
