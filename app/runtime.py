@@ -1,7 +1,8 @@
 """The one composition root: engine, sessionmaker, GitLab HTTP client and sync dependencies.
 
 The API lifespan (`app/main.py`), every CLI command and the Inngest functions take what they
-need from a `Runtime`; nothing else constructs an engine or an HTTP client.
+need from a `Runtime`; the built-in scheduler's client for calling the service itself comes
+from `create_loopback_client`. Nothing else constructs an engine or an HTTP client.
 """
 
 from __future__ import annotations
@@ -48,3 +49,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             await http.aclose()
         finally:
             await engine.dispose()
+
+
+def create_loopback_client() -> httpx.AsyncClient:
+    """A client for calls to this service itself on loopback (the built-in scheduler).
+
+    No proxies from the environment (a proxy must not see the signed calls) and no redirects
+    followed; timeouts are per request.
+    """
+    return httpx.AsyncClient(trust_env=False, follow_redirects=False)

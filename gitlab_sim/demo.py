@@ -1,4 +1,4 @@
-"""`gitlab-insights demo`: the whole system on one machine, with nothing configured.
+"""`gitlab-sim demo`: the whole system on one machine, with nothing configured.
 
 Starts the GitLab simulator (seeded demo data) on a free loopback port, makes a fresh SQLite
 database in --dir, adds the simulator's users (with their tokens) and their projects, then
@@ -59,37 +59,32 @@ def _fresh_database(directory: Path) -> str:
 async def _seed(settings: Any, world: dict[str, Any]) -> tuple[int, int]:
     """Demo users (tokens from the simulator) and the projects each one is a member of."""
     from app.db import repository as repo
-    from app.db.engine import create_engine, create_sessionmaker
+    from app.runtime import open_runtime
 
-    engine = create_engine(settings)
-    try:
-        sm = create_sessionmaker(engine)
-        users = projects = 0
-        async with sm() as s, s.begin():
-            for u in world["users"]:
-                user = await repo.create_user_with_account(
-                    s,
-                    email=f"{u['username']}@{EMAIL_DOMAIN}",
-                    name=u["name"],
-                    access_token=u["token"],
-                    refresh_token=None,
-                    expires_at=None,
-                    gitlab_user_id=str(u["id"]),
-                )
-                users += 1
-                for p in world["projects"]:
-                    if u["id"] in p["members"]:
-                        await repo.add_project(
-                            s,
-                            user_id=user.id,
-                            gitlab_project_id=str(p["id"]),
-                            name=p["name"],
-                            path=p["path_with_namespace"],
-                        )
-                        projects += 1
-        return users, projects
-    finally:
-        await engine.dispose()
+    users = projects = 0
+    async with open_runtime(settings) as rt, rt.sessionmaker() as s, s.begin():
+        for u in world["users"]:
+            user = await repo.create_user_with_account(
+                s,
+                email=f"{u['username']}@{EMAIL_DOMAIN}",
+                name=u["name"],
+                access_token=u["token"],
+                refresh_token=None,
+                expires_at=None,
+                gitlab_user_id=str(u["id"]),
+            )
+            users += 1
+            for p in world["projects"]:
+                if u["id"] in p["members"]:
+                    await repo.add_project(
+                        s,
+                        user_id=user.id,
+                        gitlab_project_id=str(p["id"]),
+                        name=p["name"],
+                        path=p["path_with_namespace"],
+                    )
+                    projects += 1
+    return users, projects
 
 
 class _Activity(threading.Thread):

@@ -119,6 +119,6 @@ def run_foreground(
     log_level: str = "info",
     base_url: str | None = None,
 ) -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM), for `gitlab-insights simulator`."""
+    """Serve until interrupted (Ctrl-C / SIGTERM), for `gitlab-sim serve`."""
     world.base_url = (base_url or f"http://{host}:{port}").rstrip("/")
     uvicorn.Server(_uvicorn_config(world, host, port, log_level)).run()

@@ -24,6 +24,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict
 
+from app.retry import RetryPolicy
 from app.settings import Settings
 
 DEFAULT_FILE_NAME = "scheduler.yaml"
@@ -125,8 +126,12 @@ def format_duration(td: timedelta) -> str:
 # --- the typed job ---------------------------------------------------------------------------
 
 
-class RetryPolicy(BaseModel):
-    """Cloud Scheduler's RetryConfig; defaults are gcloud's."""
+class JobRetryConfig(BaseModel):
+    """Cloud Scheduler's RetryConfig as scheduler.yaml spells it; defaults are gcloud's.
+
+    The built-in scheduler retries with `policy()`, an `app.retry.RetryPolicy` on this
+    schedule: the one retry mechanism, with Cloud Scheduler's spacing.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -152,6 +157,16 @@ class RetryPolicy(BaseModel):
             d = base * 2**self.max_doublings * (retry - self.max_doublings)
         return min(d, self.max_backoff.total_seconds())
 
+    def policy(self) -> RetryPolicy:
+        """Attempts and waits for the built-in scheduler: `retry_count` retries spaced by
+        `delay`; a Retry-After is honoured up to max_backoff but never shortens the schedule."""
+        return RetryPolicy(
+            attempts=self.retry_count + 1,
+            schedule=self.delay,
+            max_requested_wait=self.max_backoff.total_seconds(),
+            requested_is_floor=True,
+        )
+
 
 class SchedulerJob(BaseModel):
     """The values of scheduler.yaml (after any placeholders were filled or sampled)."""
@@ -166,7 +181,7 @@ class SchedulerJob(BaseModel):
     message_body: str | None = None
     attempt_deadline: timedelta = timedelta(minutes=3)
     description: str | None = None
-    retry: RetryPolicy = RetryPolicy()
+    retry: JobRetryConfig = JobRetryConfig()
 
     @property
     def body(self) -> bytes:
@@ -276,7 +291,7 @@ def parse_flags(data: dict[str, Any]) -> SchedulerJob:
             continue
         if value is None:
             problems.append(f"{flag}: required")
-    retry = RetryPolicy(
+    retry = JobRetryConfig(
         retry_count=integer("--max-retry-attempts", 0),
         min_backoff=duration("--min-backoff", timedelta(seconds=5)),
         max_backoff=duration("--max-backoff", timedelta(hours=1)),

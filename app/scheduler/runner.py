@@ -8,11 +8,14 @@ signing key, and `x-gitlab-insights-trigger: scheduler` so the run is recorded a
 - Never overlaps its own runs: a tick that arrives while a run (with its retries) is still in
   flight is skipped and logged, like Cloud Scheduler never has two outstanding executions.
 - Retries 5xx answers, timeouts and connection errors with scheduler.yaml's retry policy
-  (honouring a Retry-After up to --max-backoff); 4xx answers are final.
+  (honouring a Retry-After up to --max-backoff); 4xx answers are final. The retries are
+  `app.retry`'s: its RetryPolicy on Cloud Scheduler's schedule, its reading of the answer's
+  requested wait and its `sleep` (tests switch the waits off with `retry.recorded_waits()`).
 - Starts after the server listens and stops before it shuts down (a uvicorn Server subclass).
 
-`PollScheduler` is the testable core: clock and sleep are injectable, `fire_once()` runs one
-poll with its retries, `tick()` starts one unless another is in flight.
+`PollScheduler` is the testable core: the clock and the wait between fires are injectable
+(tests drive the cron with fake time), `fire_once()` runs one poll with its retries, `tick()`
+starts one unless another is in flight.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +36,8 @@ import uvicorn
 from croniter import croniter
 from loguru import logger
 
-from app import __version__
+from app import __version__, retry
+from app.runtime import create_loopback_client
 from app.scheduler.config import (
     POLL_PATH,
     SchedulerConfigError,
@@ -47,7 +50,6 @@ from app.security.signing import sign_request
 from app.settings import Settings
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 TRIGGER_HEADER = "x-gitlab-insights-trigger"
 
 
@@ -125,8 +127,6 @@ class RunnerOptions:
     # ('* * * * * */2', croniter's syntax) or a plain interval; either replaces the schedule.
     cron: str | None = None
     interval_seconds: float | None = None
-    # Multiplies every retry wait (tests shrink them to milliseconds).
-    wait_scale: float = 1.0
     # Seconds; overrides scheduler.yaml's --attempt-deadline.
     attempt_deadline: float | None = None
     # One poll as soon as the server listens (the demo shows results at once).
@@ -135,8 +135,8 @@ class RunnerOptions:
     on_result: Callable[[FireResult], None] | None = None
     # Called with the service's base URL once it listens.
     on_listening: Callable[[str], None] | None = None
-    # How long shutdown waits for in-flight requests before cancelling them.
-    graceful_shutdown_seconds: float = 30.0
+    # How long shutdown waits for in-flight requests before cancelling them (uvicorn: whole s).
+    graceful_shutdown_seconds: int = 30
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -150,8 +150,7 @@ class PollScheduler:
         url: str | None = None,
         client: httpx.AsyncClient | None = None,
         clock: Clock = time.time,
-        sleep: Sleep = asyncio.sleep,
-        wait_scale: float = 1.0,
+        sleep: retry.Sleep = asyncio.sleep,
         attempt_deadline: float | None = None,
         on_result: Callable[[FireResult], None] | None = None,
         extra_headers: dict[str, str] | None = None,
@@ -163,8 +162,8 @@ class PollScheduler:
         self._client = client
         self._own_client = client is None
         self._clock = clock
+        # The wait until the next fire only; retry waits are app.retry.sleep.
         self._sleep = sleep
-        self._wait_scale = wait_scale
         self.attempt_deadline = (
             attempt_deadline
             if attempt_deadline is not None
@@ -185,6 +184,11 @@ class PollScheduler:
     def busy(self) -> bool:
         # A run started by tick() counts from creation, before its task first runs.
         return self._busy or (self._inflight is not None and not self._inflight.done())
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop(): the loop fires on the schedule."""
+        return self._loop_task is not None and not self._loop_task.done()
 
     async def fire_once(self) -> FireResult | None:
         """One scheduled poll with its retries; None when a previous one is still running."""
@@ -210,7 +214,8 @@ class PollScheduler:
         return result
 
     async def _run(self, number: int) -> FireResult:
-        policy = self.job.retry
+        policy = self.job.retry.policy()
+        limit = self.job.retry.max_retry_duration.total_seconds()
         started = self._clock()
         t0 = time.perf_counter()
         attempt = 0
@@ -221,9 +226,8 @@ class PollScheduler:
             # 5xx, timeouts and connection errors may heal; a 4xx answer will not.
             transient = a.status_code is None or a.status_code >= 500
             retryable = not ok and not a.no_retry and transient
-            limit = policy.max_retry_duration.total_seconds()
             out_of_time = limit > 0 and self._clock() - started >= limit
-            if ok or not retryable or attempt > policy.retry_count or out_of_time:
+            if ok or not retryable or not policy.retries_left(attempt) or out_of_time:
                 return FireResult(
                     number=number,
                     ok=ok,
@@ -233,19 +237,17 @@ class PollScheduler:
                     summary=a.summary,
                     error=a.error,
                 )
-            wait = policy.delay(attempt)
-            if a.retry_after is not None:
-                # The server knows best when to come back, within our own ceiling.
-                wait = max(wait, min(a.retry_after, policy.max_backoff.total_seconds()))
+            # The server knows best when to come back, within --max-backoff.
+            wait = policy.delay(attempt, a.retry_after)
             logger.warning(
                 "scheduled poll attempt {} failed ({}); retry {}/{} in {:g}s",
                 attempt,
                 a.error or f"HTTP {a.status_code}",
                 attempt,
-                policy.retry_count,
-                wait * self._wait_scale,
+                policy.attempts - 1,
+                wait,
             )
-            await self._sleep(wait * self._wait_scale)
+            await retry.sleep(wait)
 
     async def _attempt(self) -> _Attempt:
         if self.url is None:
@@ -285,7 +287,7 @@ class PollScheduler:
             resp.status_code,
             summary=summary,
             error=error,
-            retry_after=_retry_after(resp.headers.get("retry-after")),
+            retry_after=retry.rate_limit_wait(resp.headers, self._clock()),
             no_retry=resp.headers.get("x-inngest-no-retry", "").lower() == "true",
         )
 
@@ -324,8 +326,7 @@ class PollScheduler:
 
     def _ensure_client(self) -> httpx.AsyncClient:
         if self._client is None:
-            # Our own server on loopback: no proxies from the environment, no redirects.
-            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            self._client = create_loopback_client()
         return self._client
 
     # -- the loop -------------------------------------------------------------------------
@@ -375,21 +376,6 @@ class PollScheduler:
             self._client = None
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 # --- wiring into the server --------------------------------------------------------------------
 
 
@@ -425,7 +411,6 @@ def build_scheduler(
         job=job,
         schedule=schedule,
         signing_key=keys[0] if keys else None,
-        wait_scale=options.wait_scale,
         attempt_deadline=options.attempt_deadline,
         on_result=options.on_result,
         extra_headers=options.extra_headers,
@@ -504,22 +489,3 @@ def build_server(
         fire_at_start=options.fire_at_start,
         on_listening=options.on_listening,
     )
-
-
-def serve_with_scheduler(
-    settings: Settings,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    scheduler_file: str | Path | None = None,
-    options: RunnerOptions | None = None,
-) -> None:
-    """`gitlab-insights serve --scheduler`: runs until SIGINT/SIGTERM."""
-    try:
-        server = build_server(
-            settings, host=host, port=port, scheduler_file=scheduler_file, options=options
-        )
-    except SchedulerStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    server.run()

@@ -1,4 +1,4 @@
-"""`gitlab-insights demo` as a newcomer runs it: a subprocess, a poll with events, Ctrl-C."""
+"""`gitlab-sim demo` as a newcomer runs it: a subprocess, a poll with events, Ctrl-C."""
 
 from __future__ import annotations
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -128,3 +134,34 @@ def test_migrate_command(empty_db_url, monkeypatch, tmp_path):
     assert r.exit_code == 0 and "created schema" in r.output
     r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
     assert r.exit_code == 0 and "already at" in r.output
+
+
+def test_every_command_is_registered():
+    # Added explicitly in app/cli/__init__.py: a command module failing to import fails here
+    # (and at start-up) instead of silently vanishing from the command.
+    root = typer.main.get_command(cli)
+    assert isinstance(root, TyperGroup)
+    assert set(root.commands) == {"serve", "migrate", "users", "projects", "poll", "scheduler"}
+    groups = {}
+    for name in ("users", "projects", "scheduler"):
+        group = root.commands[name]
+        assert isinstance(group, TyperGroup)
+        groups[name] = group
+    assert {name: set(g.commands) for name, g in groups.items()} == {
+        "users": {"add", "list", "remove"},
+        "projects": {"add", "list", "remove"},
+        "scheduler": {"render", "check"},
+    }
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--help"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "poll" in r.stdout and "scheduler" in r.stdout

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.poll_cli import Progress, endpoint_json
+from app.cli.poll import Progress, endpoint_json
 from app.sync.results import PollSummary, UserResult
 from gitlab_sim.server import SimulatorServer
 from tests.support import add_user, project_tuple, query

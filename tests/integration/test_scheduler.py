@@ -1,7 +1,8 @@
 """The built-in scheduler.
 
-First the loop itself with an injected clock and sleep against httpx.MockTransport (exact
-fire times, signatures, retry waits, overlap), then the real thing: uvicorn on 127.0.0.1,
+First the loop itself against httpx.MockTransport, with an injected clock and wait between
+fires (exact fire times, signatures, overlap) and retry waits recorded by
+`app.retry.recorded_waits()` instead of slept, then the real thing: uvicorn on 127.0.0.1,
 the GitLab simulator, real databases, a seconds-level cron (cron's own granularity is a
 minute), runs read back from the poll_run table.
 """
@@ -12,11 +13,13 @@ import asyncio
 import threading
 import time
 from datetime import timedelta
+from email.utils import formatdate
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from app import retry
 from app.scheduler.config import SchedulerJob, load, locate
 from app.scheduler.runner import (
     CronSchedule,
@@ -27,7 +30,6 @@ from app.scheduler.runner import (
     SchedulingServer,
     build_scheduler,
     build_server,
-    serve_with_scheduler,
 )
 from app.security.signing import verify_inngest_signature
 from app.settings import load_settings
@@ -134,24 +136,30 @@ async def test_503_is_retried_with_the_exponential_policy():
         return httpx.Response(503, json={"success": False, "error": "gitlab unavailable"})
 
     sched = make_scheduler(handler, fake)
-    result = await sched.fire_once()
+    with retry.recorded_waits() as waits:
+        result = await sched.fire_once()
     assert result is not None and not result.ok
     assert result.attempts == 4  # 1 + --max-retry-attempts 3
     assert result.status_code == 503 and "gitlab unavailable" in result.error
-    assert fake.sleeps == [30, 60, 120]  # --min-backoff 30s, doubling, --max-backoff 120s
+    assert waits == [30, 60, 120]  # --min-backoff 30s, doubling, --max-backoff 120s
+    assert fake.sleeps == []  # retries never wait through the cron's sleep
 
 
-async def test_retry_after_is_honoured_up_to_max_backoff_and_waits_scale():
+async def test_retry_after_is_honoured_up_to_max_backoff():
     fake = FakeTime()
     answers = [
-        httpx.Response(503, headers={"Retry-After": "100"}),
+        # An HTTP date is read against the scheduler's clock: 100 s from now.
+        httpx.Response(503, headers={"Retry-After": formatdate(T0 + 100, usegmt=True)}),
         httpx.Response(502, headers={"Retry-After": "9999"}),
+        httpx.Response(503, headers={"Retry-After": "1"}),
         httpx.Response(200, json=ok_summary()),
     ]
-    sched = make_scheduler(lambda r: answers.pop(0), fake, wait_scale=0.5)
-    result = await sched.fire_once()
-    assert result.ok and result.attempts == 3
-    assert fake.sleeps == [50, 60]  # max(30, 100) and min(9999, 120), both halved
+    sched = make_scheduler(lambda r: answers.pop(0), fake)
+    with retry.recorded_waits() as waits:
+        result = await sched.fire_once()
+    assert result.ok and result.attempts == 4
+    # max(30, 100); min(9999, --max-backoff 120); a short Retry-After never shortens 120.
+    assert waits == [100, 120, 120]
 
 
 async def test_timeouts_and_connection_errors_are_retried_4xx_is_not():
@@ -165,19 +173,21 @@ async def test_timeouts_and_connection_errors_are_retried_4xx_is_not():
         return a
 
     sched = make_scheduler(handler, fake)
-    result = await sched.fire_once()
+    with retry.recorded_waits() as waits:
+        result = await sched.fire_once()
     assert result.ok and result.attempts == 3
+    assert waits == [30, 60]
 
-    fake2 = FakeTime()
     refused = make_scheduler(
         lambda r: httpx.Response(
             401, json={"error": "unauthorized"}, headers={"x-inngest-no-retry": "true"}
         ),
-        fake2,
+        FakeTime(),
     )
-    result = await refused.fire_once()
+    with retry.recorded_waits() as waits:
+        result = await refused.fire_once()
     assert not result.ok and result.attempts == 1 and result.status_code == 401
-    assert fake2.sleeps == []
+    assert waits == []
 
 
 async def test_a_tick_during_a_run_is_skipped_not_overlapped():
@@ -210,16 +220,13 @@ async def test_a_tick_during_a_run_is_skipped_not_overlapped():
     await sched.stop()
 
 
-def test_refuses_to_start_without_a_signing_key(tmp_path, capsys):
+def test_refuses_to_start_without_a_signing_key(tmp_path):
     db = f"sqlite+aiosqlite:///{tmp_path}/x.db"
     unsigned = load_settings(database_url=db, inngest_signing_key=None)
     with pytest.raises(SchedulerStartError, match="INNGEST_SIGNING_KEY"):
         build_scheduler(unsigned)
-    with pytest.raises(SystemExit) as exc:
-        serve_with_scheduler(unsigned, "127.0.0.1", free_port())
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ALLOW_UNSIGNED_POLLS" in err[0]
+    with pytest.raises(SchedulerStartError, match="ALLOW_UNSIGNED_POLLS"):
+        build_server(unsigned, port=free_port())
     allowed = load_settings(database_url=db, inngest_signing_key=None, allow_unsigned_polls=True)
     assert build_scheduler(allowed) is not None
 
@@ -318,7 +325,7 @@ def test_fires_on_a_fast_cron_and_the_runs_are_recorded(db_url, sim):
     assert rows[0][3] > 0, "the first run stores the simulator's events"
     assert all(r.ok for r in server.scheduler.results)
     # Stopped with the server: no loop, no run left behind.
-    assert server.scheduler._loop_task is None and not server.scheduler.busy
+    assert not server.scheduler.running and not server.scheduler.busy
 
 
 def test_a_run_that_outlasts_the_interval_is_not_overlapped(db_url, sim):
@@ -356,12 +363,14 @@ def test_a_503_is_retried(db_url, sim):
         settings,
         port=free_port(),
         options=RunnerOptions(
-            interval_seconds=3600, fire_at_start=True, wait_scale=0.01, graceful_shutdown_seconds=2
+            interval_seconds=3600, fire_at_start=True, graceful_shutdown_seconds=2
         ),
     )
-    with Running(server):
+    with retry.recorded_waits() as waits, Running(server):
         result = wait_for(lambda: server.scheduler.results, what="the first scheduled poll")[0]
     assert result.ok and result.attempts == 2 and result.status_code == 200
+    # /api/poll's Retry-After: 1 does not shorten the file's first wait of 30 s.
+    assert waits == [30]
     rows = finished_runs(db_url)
     assert [(r[0], r[1]) for r in rows] == [("scheduler", 503), ("scheduler", 200)]
     assert rows[1][3] > 0

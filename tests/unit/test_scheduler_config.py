@@ -197,13 +197,29 @@ def test_parse_duration_rejects(value):
 
 def test_retry_delays_follow_cloud_scheduler():
     # Cloud Scheduler's documented example: min 10s, max 300s, max doublings 3.
-    policy = sc.RetryPolicy(
+    policy = sc.JobRetryConfig(
         retry_count=5,
         min_backoff=timedelta(seconds=10),
         max_backoff=timedelta(seconds=300),
         max_doublings=3,
     )
     assert [policy.delay(i) for i in range(1, 9)] == [10, 20, 40, 80, 160, 240, 300, 300]
+
+
+def test_retry_config_as_the_one_retry_policy():
+    config = sc.JobRetryConfig(
+        retry_count=3,
+        min_backoff=timedelta(seconds=30),
+        max_backoff=timedelta(seconds=120),
+        max_doublings=2,
+    )
+    policy = config.policy()
+    assert policy.attempts == 4  # the first attempt and 3 retries
+    assert [policy.delay(i) for i in (1, 2, 3)] == [30, 60, 120]
+    # A server's Retry-After lengthens a wait up to --max-backoff, never shortens it.
+    assert policy.delay(1, requested=100) == 100
+    assert policy.delay(2, requested=9999) == 120
+    assert policy.delay(3, requested=1) == 120
 
 
 def test_fill_placeholders_keeps_comments_and_quotes_safely():

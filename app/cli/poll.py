@@ -1,29 +1,26 @@
-"""`gitlab-insights poll` (one poll in-process, no server) and `gitlab-insights demo`.
+"""`poll`: one poll in this process (no server, no signing key), with progress and a summary.
 
-`poll` builds what the app's lifespan builds (engine, sessionmaker, the shared GitLab client,
-SyncDeps) and calls run_poll directly: the same run, the same summary and the same poll_run
-record (trigger "cli") as a scheduled call to /api/poll, without HTTP or a signing key.
+It calls `run_poll` with the runtime's sync dependencies, exactly as `/api/poll` does: the
+same run, the same summary and the same poll_run record (trigger "cli").
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from app.cli.context import run_in_runtime, settings_or_exit
+from app.cli.output import CLIError, print_table
+
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.runtime import Runtime
     from app.sync.poller import PollOutcome
     from app.sync.results import PollSummary, UserResult
 
 CLI_TRIGGER = "cli"
-
-
-class UnknownUsers(Exception):
-    pass
 
 
 class Progress:
@@ -69,37 +66,33 @@ class Progress:
 
 
 async def poll_once(
-    settings: Settings,
-    emails: list[str],
-    *,
-    progress_stream: TextIO | None = None,
+    rt: Runtime, emails: list[str], *, progress_stream: TextIO | None = None
 ) -> tuple[PollOutcome, dict[str, str]]:
-    """One poll of everyone (or of the given users); returns the outcome and id -> e-mail."""
+    """One poll of everyone (or of the given users); returns the outcome and id -> e-mail.
+
+    Unknown e-mails are refused before anything runs (no poll_run is recorded).
+    """
     from app.db import repository as repo
-    from app.runtime import open_runtime
     from app.sync.poller import run_poll
 
-    async with open_runtime(settings) as runtime:
-        sessionmaker = runtime.sessionmaker
-        async with sessionmaker() as s:
-            users = await repo.list_users(s)
-        by_email = {u.email: u.id for u in users if u.email}
-        unknown = [e for e in dict.fromkeys(emails) if e not in by_email]
-        if unknown:
-            raise UnknownUsers(f"no user with e-mail {', '.join(unknown)}")
-        ids = [by_email[e] for e in dict.fromkeys(emails)] or None
-        names = {u.id: u.email or u.id for u in users}
-        progress = Progress(progress_stream, names) if progress_stream is not None else None
+    async with rt.sessionmaker() as s:
+        users = await repo.list_users(s)
+    by_email = {u.email: u.id for u in users if u.email}
+    wanted = list(dict.fromkeys(emails))
+    unknown = [e for e in wanted if e not in by_email]
+    if unknown:
+        raise CLIError(f"no user with e-mail {', '.join(unknown)}")
+    ids = [by_email[e] for e in wanted] or None
+    names = {u.id: u.email or u.id for u in users}
+    progress = Progress(progress_stream, names) if progress_stream is not None else None
+    if progress is not None:
+        progress.start()
+    try:
+        outcome = await run_poll(rt.sync, user_ids=ids, trigger=CLI_TRIGGER, on_user_done=progress)
+    finally:
         if progress is not None:
-            progress.start()
-        try:
-            outcome = await run_poll(
-                runtime.sync, user_ids=ids, trigger=CLI_TRIGGER, on_user_done=progress
-            )
-        finally:
-            if progress is not None:
-                progress.finish()
-        return outcome, names
+            progress.finish()
+    return outcome, names
 
 
 def endpoint_json(summary: PollSummary) -> str:
@@ -114,8 +107,6 @@ def endpoint_json(summary: PollSummary) -> str:
 
 
 def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
-    from app.cli import _table
-
     s = outcome.summary
     if s.users:
         rows = [
@@ -131,13 +122,13 @@ def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
             ]
             for u in s.users
         ]
-        _table(
+        print_table(
             ["user", "status", "reason", "stored", "updated", "projects", "attempts", "ms"], rows
         )
-        failures = [(u, f) for u in s.users for f in u.failed_projects]
-        for u, f in failures:
-            who = emails.get(u.user_id, u.user_id)
-            typer.echo(f"  {who}: {f.project_path} failed: {f.error}: {f.message}")
+        for u in s.users:
+            for f in u.failed_projects:
+                who = emails.get(u.user_id, u.user_id)
+                typer.echo(f"  {who}: {f.project_path} failed: {f.error}: {f.message}")
         typer.echo("")
     else:
         typer.echo("no users with monitored projects")
@@ -162,33 +153,22 @@ def poll(
     ] = False,
 ) -> None:
     """Run one poll now, in this process (no server needed), and print the summary."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    from app.cli import _db_error, fail, settings_or_exit
     from app.logging import configure_logging
 
     settings = settings_or_exit()
     if "log_level" not in settings.model_fields_set:
         # The progress line and the summary are the output; logs only when something is wrong.
         settings = settings.model_copy(update={"log_level": "WARNING"})
+        configure_logging(settings, stream="stderr")
     emails = [e.strip() for e in user or []]
-    # stdout is for the summary (or the JSON) alone.
-    configure_logging(settings, stream="stderr")
-    try:
-        outcome, names = asyncio.run(poll_once(settings, emails, progress_stream=sys.stderr))
-    except UnknownUsers as exc:
-        fail(str(exc))
-        raise
-    except (OperationalError, DBAPIError, OSError) as exc:
-        fail(_db_error(exc))
-        raise
+
+    async def work(rt: Runtime) -> tuple[PollOutcome, dict[str, str]]:
+        return await poll_once(rt, emails, progress_stream=sys.stderr)
+
+    outcome, names = run_in_runtime(settings, work)
     if as_json:
         typer.echo(endpoint_json(outcome.summary))
     else:
         print_summary(outcome, names)
     if not outcome.summary.success or outcome.status_code == 503:
         raise typer.Exit(1)
-
-
-def register(cli: Any) -> None:
-    cli.command("poll")(poll)

@@ -1,16 +1,20 @@
-"""`gitlab-insights scheduler render|check`: the polling job file for Cloud Scheduler."""
+"""`scheduler render|check`: the polling job file (scheduler.yaml) for Google Cloud Scheduler."""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from app.cli.context import settings_or_exit
+from app.cli.output import fail_all
 from app.scheduler.config import (
     SAMPLE_SERVICE_URL,
     SchedulerConfigError,
+    SchedulerFile,
+    SchedulerJob,
     check,
     effective_cron,
     fill_placeholders,
@@ -19,6 +23,7 @@ from app.scheduler.config import (
     locate,
     service_base_url,
 )
+from app.settings import ConfigurationError, load_settings
 
 scheduler_cli = typer.Typer(
     help="The polling job (scheduler.yaml) for Google Cloud Scheduler.", no_args_is_help=True
@@ -42,10 +47,11 @@ def mask_key(key: str) -> str:
     return (m.group(0) if m else "") + "********"
 
 
-def _problems_exit(origin: str, problems: list[str]) -> None:
-    for p in problems:
-        typer.echo(f"error: {origin}: {p}", err=True)
-    raise typer.Exit(1)
+def locate_or_exit(file: str | None) -> SchedulerFile:
+    try:
+        return locate(file)
+    except SchedulerConfigError as exc:
+        fail_all(file or "scheduler.yaml", exc.problems)
 
 
 @scheduler_cli.command("render")
@@ -64,13 +70,7 @@ def render(
     ] = False,
 ) -> None:
     """Print the job file with ${SERVICE_URL} and ${SIGNING_KEY} filled in, for gcloud."""
-    from app.cli import settings_or_exit
-
-    try:
-        source = locate(file)
-    except SchedulerConfigError as exc:
-        _problems_exit(file or "scheduler.yaml", exc.problems)
-        raise
+    source = locate_or_exit(file)
     settings = settings_or_exit()
     values: dict[str, str] = {}
     missing: list[str] = []
@@ -79,7 +79,7 @@ def render(
             try:
                 values["SERVICE_URL"] = service_base_url(url)
             except SchedulerConfigError as exc:
-                _problems_exit(source.origin, exc.problems)
+                fail_all(source.origin, exc.problems)
         else:
             missing.append("${SERVICE_URL}: pass --url or set SERVICE_URL")
     if "SIGNING_KEY" in source.placeholders:
@@ -90,15 +90,14 @@ def render(
             secret = key.get_secret_value()
             values["SIGNING_KEY"] = secret if show_secret else mask_key(secret)
     if missing:
-        _problems_exit(source.origin, [f"no value for {m}" for m in missing])
+        fail_all(source.origin, [f"no value for {m}" for m in missing])
     try:
         filled = fill_placeholders(source.text, values)
     except SchedulerConfigError as exc:
-        _problems_exit(source.origin, exc.problems)
-        raise
-    problems = check(type(source)(filled, source.origin))
+        fail_all(source.origin, exc.problems)
+    problems = check(SchedulerFile(filled, source.origin))
     if problems:
-        _problems_exit(source.origin, problems)
+        fail_all(source.origin, problems)
     typer.echo(filled, nl=False)
     if "SIGNING_KEY" in values and not show_secret:
         typer.echo(
@@ -110,14 +109,10 @@ def render(
 @scheduler_cli.command("check")
 def check_command(file: FileOption = None) -> None:
     """Validate the job file: cron every 5-15 minutes, URL, retry settings within GCP limits."""
-    try:
-        source = locate(file)
-    except SchedulerConfigError as exc:
-        _problems_exit(file or "scheduler.yaml", exc.problems)
-        raise
+    source = locate_or_exit(file)
     problems = check(source)
     if problems:
-        _problems_exit(source.origin, problems)
+        fail_all(source.origin, problems)
     job = load(source)
     r = job.retry
     waits = ", ".join(f"{r.delay(i):g}s" for i in range(1, r.retry_count + 1)) or "none"
@@ -127,23 +122,19 @@ def check_command(file: FileOption = None) -> None:
     uri = job.uri
     if "SERVICE_URL" in source.placeholders:
         uri = uri.replace(SAMPLE_SERVICE_URL, "${SERVICE_URL}", 1)
-    typer.echo(f"  request: {job.http_method} {uri} (deadline {_d(job.attempt_deadline)})")
+    deadline = format_duration(job.attempt_deadline)
+    typer.echo(f"  request: {job.http_method} {uri} (deadline {deadline})")
     typer.echo(f"  retries: {r.retry_count} (waits {waits})")
     if source.placeholders:
         names = ", ".join(f"${{{n}}}" for n in source.placeholders)
         typer.echo(f"  placeholders: {names} (fill them with `gitlab-insights scheduler render`)")
-    built_in = _built_in_schedule(job)
+    built_in = built_in_schedule(job)
     if built_in:
         typer.echo(f"  built-in scheduler: {built_in}")
 
 
-def _d(td: Any) -> str:
-    return format_duration(td)
-
-
-def _built_in_schedule(job: Any) -> str | None:
-    from app.settings import ConfigurationError, load_settings
-
+def built_in_schedule(job: SchedulerJob) -> str | None:
+    """Which cron `serve --scheduler` would fire on, and why; None if settings are broken."""
     try:
         settings = load_settings()
     except ConfigurationError:
@@ -151,9 +142,5 @@ def _built_in_schedule(job: Any) -> str | None:
     cron, origin = effective_cron(job, settings)
     if origin == "scheduler.yaml":
         return f"'{cron}' from this file"
-    override = os.environ.get("INNGEST_POLLING_CRON") and "the environment" or ".env"
+    override = "the environment" if os.environ.get("INNGEST_POLLING_CRON") else ".env"
     return f"'{cron}' from INNGEST_POLLING_CRON ({override}), overriding the file"
-
-
-def register(cli: typer.Typer) -> None:
-    cli.add_typer(scheduler_cli, name="scheduler")

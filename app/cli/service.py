@@ -1,0 +1,75 @@
+"""`serve` (the API, optionally with the built-in scheduler) and `migrate`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from app.cli.context import settings_or_exit
+from app.cli.output import fail
+from app.settings import Settings
+
+
+def upgrade_or_exit(settings: Settings) -> str:
+    """Upgrade the schema to head; returns what was done, one line."""
+    from app.db.migrate import MigrationError, upgrade_to_head
+
+    try:
+        return upgrade_to_head(settings.database_url)
+    except MigrationError as exc:
+        fail(str(exc))
+
+
+def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
+    """The API server and the built-in scheduler, until SIGINT/SIGTERM."""
+    from app.scheduler.runner import SchedulerStartError, build_server
+
+    try:
+        server = build_server(settings, host=host, port=port)
+    except SchedulerStartError as exc:  # scheduler.yaml changed since the first check
+        fail(str(exc), code=2)
+    server.run()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on", min=1, max=65535)] = 8000,
+    reload: Annotated[bool, typer.Option(help="Reload on code changes (development)")] = False,
+    scheduler: Annotated[
+        bool, typer.Option("--scheduler", help="Also run the built-in scheduler")
+    ] = False,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Upgrade the database first")
+    ] = True,
+) -> None:
+    """Run the API server (uvicorn)."""
+    settings = settings_or_exit()
+    if scheduler:
+        from app.scheduler.runner import SchedulerStartError, build_scheduler
+
+        try:  # refuse a scheduler that cannot run before touching the database
+            build_scheduler(settings)
+        except SchedulerStartError as exc:
+            fail(str(exc), code=2)
+    if migrate:
+        upgrade_or_exit(settings)
+    if scheduler:
+        serve_with_scheduler(settings, host=host, port=port)
+        return
+    import uvicorn
+
+    uvicorn.run(
+        # An import string, not an app object: --reload re-imports it in a fresh process.
+        "app.main:app",
+        host=host,
+        port=port,
+        reload=reload,
+        log_config=None,  # keep the redacting loguru setup
+        proxy_headers=False,
+    )
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema (adopts an existing gitlab-insights database)."""
+    typer.echo(upgrade_or_exit(settings_or_exit()))
