@@ -183,9 +183,11 @@ async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: User
             )
         )
         outcomes.update((o.project.gitlabProjectId, o) for o in done)
-        # Counted as it happens: a user that fails later still reports what it stored.
-        result.stored = sum(o.stored for o in outcomes.values())
-        result.updated = sum(o.updated for o in outcomes.values())
+        # Counted as it happens, over every attempt: what a failed attempt stored stays
+        # stored (its retry finds those rows unchanged), and a user that fails later still
+        # reports it.
+        result.stored += sum(o.stored for o in done)
+        result.updated += sum(o.updated for o in done)
         failed = [o for o in done if o.error is not None]
         if not failed:
             break

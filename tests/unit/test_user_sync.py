@@ -281,14 +281,6 @@ async def test_user_deadline_fails_the_user_and_releases_the_lease(
     assert last_syncs(db_url) == [] and lease_holders(db_url) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "app/sync/user_sync.py sync_projects: outcomes[pid] of a retried project is replaced "
-        "by the later attempt's, so events the failed attempt inserted are dropped from "
-        "UserResult.stored (the retry finds them unchanged and counts 0)"
-    ),
-)
 async def test_events_stored_by_a_failed_attempt_still_count(
     db_url, engine, sessionmaker, sim, user_id
 ):
