@@ -18,7 +18,7 @@ built-in scheduler's calls to `/api/poll` (`scheduler/runner.py`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
@@ -122,7 +122,7 @@ class RetryPolicy:
         return attempt < self.attempts
 
 
-def _no_wait() -> Iterator[float]:
+def _no_wait() -> Generator[float, None, None]:
     """backoff wait generator that never sleeps itself: backoff's own sleep is asyncio.sleep,
     which cannot be switched off for tests, so the real wait happens in `on_backoff`."""
     yield 0.0  # backoff primes its generators with one send(None)
@@ -132,7 +132,7 @@ def _no_wait() -> Iterator[float]:
 
 def retry_on(
     policy: RetryPolicy,
-    errors: type[BaseException] | tuple[type[BaseException], ...],
+    errors: type[Exception] | tuple[type[Exception], ...],
     *,
     requested_wait: Callable[[BaseException], float | None] = lambda exc: None,
     on_retry: Callable[[BaseException, int, float], None] | None = None,
