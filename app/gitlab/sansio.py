@@ -140,11 +140,13 @@ def decode_json(adapter: TypeAdapter[T], body: bytes, *, status: int, endpoint: 
         return adapter.validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
-        if any(e["type"] in ("json_invalid", "json_type") for e in errors):
+        # Given bytes, pydantic reports bad JSON as json_invalid (json_type is for non-text).
+        if any(e["type"] == "json_invalid" for e in errors):
             raise GitLabMalformedResponse(
                 f"malformed JSON from GitLab on {endpoint}", status=status, endpoint=endpoint
             ) from None
-        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "?"
+        # A ValidationError has at least one error; an empty loc is the body itself.
+        where = ".".join(str(p) for p in errors[0]["loc"]) or "the top level"
         raise GitLabBadResponse(
             f"unexpected payload from GitLab on {endpoint}: {exc.error_count()} invalid "
             f"field(s), first at {where}",

@@ -338,6 +338,21 @@ async def test_offset_cap_405_switches_to_keyset_without_loss_or_duplicates(http
     assert query(route.calls[4].request) == {"cursor": "eyJpZCI6MTAwNH0", "pagination": "keyset"}
 
 
+@pytest.mark.parametrize("status", [301, 302, 304, 400, 409])
+async def test_redirects_and_other_4xx_are_final_errors_never_data(http, mock, fake_time, status):
+    # Redirects are not followed (the token must not travel): one means a wrong instance URL
+    # or a login page. Even with a JSON list for a body it must never read as an empty page.
+    route = mock.get(f"{API}/projects/4/issues").mock(
+        return_value=httpx.Response(
+            status, json=[], headers={"Location": "https://login.example.com/"}
+        )
+    )
+    with pytest.raises(GitLabAPIError) as info:
+        await collect(client_for(http, fake_time).issues(4, None))
+    assert type(info.value) is GitLabAPIError
+    assert (info.value.status, route.call_count) == (status, 1)
+
+
 async def test_405_on_merge_requests_is_an_error(http, mock, fake_time):
     mock.get(f"{API}/projects/3/merge_requests").mock(return_value=httpx.Response(405, json={}))
     with pytest.raises(GitLabAPIError) as info:
@@ -408,6 +423,25 @@ async def test_notes_keep_gitlab_fields_and_include_system_notes_when_configured
 
     assert [n.id for p in pages for n in p] == [2, 1]
     assert pages[0][0].web_url == "http://g/x/issues/7#note_2"
+
+
+async def test_naive_gitlab_timestamps_are_utc(http, mock, fake_time):
+    # A timestamp without an offset is UTC (GitLab's), compared with an aware `since`.
+    route = mock.get(f"{API}/projects/5/issues/7/notes").mock(
+        side_effect=[
+            page(
+                [note(3, 60) | {"updated_at": "2024-05-01T13:00:00"}, note(2, 30)],
+                next_url=f"{API}/x?page=2",
+            ),
+            page([note(1, 10) | {"updated_at": "2024-05-01T12:10:00"}]),
+        ]
+    )
+    since = T0 + timedelta(minutes=20)
+    pages = await collect(
+        client_for(http, fake_time).notes(5, "Issue", 7, since, noteable_web_url="http://g/i/7")
+    )
+    assert [n.id for p in pages for n in p] == [3, 2]
+    assert route.call_count == 2
 
 
 async def test_notes_without_since_read_every_page(http, mock, fake_time):
@@ -814,6 +848,39 @@ async def test_low_ratelimit_remaining_spaces_requests(http, mock, fake_time):
     assert fake_time.sleeps == [2.0]
     await client.current_user()  # quota recovered: no more pacing
     assert fake_time.sleeps == [2.0]
+
+
+async def test_low_ratelimit_remaining_with_reset_in_seconds_spaces_requests(http, mock, fake_time):
+    # RateLimit-Reset in the IETF draft's delta-seconds form: 10 s left for 5 requests.
+    mock.get(f"{API}/user").mock(
+        side_effect=[
+            httpx.Response(
+                200,
+                json={"id": 1, "username": "u"},
+                headers={"RateLimit-Remaining": "5", "RateLimit-Reset": "10"},
+            ),
+            httpx.Response(200, json={"id": 1, "username": "u"}),
+        ]
+    )
+    client = client_for(http, fake_time, gitlab_rate_limit_max_wait=60)
+    await client.current_user()
+    await client.current_user()
+    assert fake_time.sleeps == [2.0]
+
+
+async def test_429_without_any_header_waits_the_backoff_and_retries(http, mock, fake_time):
+    route = mock.get(f"{API}/user").mock(
+        side_effect=[
+            httpx.Response(429, text="Retry later"),
+            httpx.Response(200, json={"id": 1, "username": "u"}),
+        ]
+    )
+    client = client_for(
+        http, fake_time, gitlab_backoff_base=1, gitlab_backoff_max=1, gitlab_rate_limit_max_wait=60
+    )
+    assert (await client.current_user()).id == 1
+    assert route.call_count == 2
+    assert len(fake_time.sleeps) <= 1 and all(0 <= w <= 1 for w in fake_time.sleeps)
 
 
 async def test_low_ratelimit_remaining_wait_is_capped(http, mock, fake_time):
