@@ -1,6 +1,8 @@
 """Async client for the GitLab REST API v4: complete pagination, typed errors, polite retries.
 
-Behaviours the sync relies on:
+This module moves bytes and runs the flow (send, pace, lanes, read-ahead, pagination, the
+keyset fallback); every decision about an answer (its data, next page, error, wait, pacing)
+is taken by the pure `sansio` module. Behaviours the sync relies on:
 
 - Listings follow GitLab's `Link: rel="next"` (else `x-next-page`) until there is none. A
   short page never ends a listing and `x-total`/`x-total-pages` are never read (GitLab omits
@@ -15,17 +17,25 @@ Behaviours the sync relies on:
   pagination restricted to `updated_before` = the oldest item seen (+1 s for the timestamp
   precision GitLab rounds away); ids already yielded are skipped, so nothing is lost or
   duplicated.
+- Only a 2xx answer is data. Redirects are not followed (the token must not travel), so a
+  3xx, like a 400 or any other unmapped status, is a final GitLabAPIError.
 - Malformed bodies: invalid or truncated JSON (usually a proxy cutting the response) is
-  retried like a 5xx within the same attempt budget; if it persists, GitLabBadResponse. Valid
-  JSON of the wrong shape raises GitLabBadResponse at once (a retry would get the same).
-- Budgets: 5xx, timeouts, connection errors and malformed JSON share `gitlab_max_attempts`
-  attempts with exponential backoff and full jitter. 429s have their own budget of
-  `gitlab_max_attempts` attempts (each 429 wait starts a fresh transient budget, so one call
-  makes at most gitlab_max_attempts**2 requests); 429 waits honour Retry-After (seconds or
-  HTTP date), else RateLimit-Reset, capped at `gitlab_rate_limit_max_wait`, and pause every
-  request of this client, not only the one that was refused.
-- Every wait goes through the `sleep` given to the client (asyncio.sleep by default); a zero
-  wait never calls it.
+  retried like a 5xx within the same attempt budget; if it persists, GitLabMalformedResponse
+  (a GitLabBadResponse). Valid JSON of the wrong shape raises GitLabBadResponse at once (a
+  retry would get the same).
+- Budgets (the one `app.retry` policy, see `retry_policy`): 5xx, timeouts, connection errors
+  and malformed JSON share `gitlab_max_attempts` attempts with exponential backoff and full
+  jitter. 429s have their own budget of `gitlab_max_attempts` attempts (each 429 wait starts
+  a fresh transient budget, so one call makes at most gitlab_max_attempts**2 requests); 429
+  waits honour Retry-After (seconds or HTTP date), else RateLimit-Reset (Unix time or
+  seconds), else RateLimit-ResetTime, else the backoff schedule, capped at
+  `gitlab_rate_limit_max_wait`, and pause every request of this client, not only the one
+  that was refused.
+- A low RateLimit-Remaining (at most `gitlab_rate_limit_low_remaining`) spaces this client's
+  requests to spread what is left until RateLimit-Reset (else over a minute).
+- Every wait (retry backoff, 429 pause, pacing) goes through `app.retry.sleep`, which tests
+  switch off with `retry.recorded_waits()`; a zero wait never sleeps. Time comes from the
+  injectable `clock` (time.time by default); naive timestamps are UTC, never local time.
 - Errors and logs carry the HTTP status and the endpoint path only: never the token, the
   host or the query string.
 """

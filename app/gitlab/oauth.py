@@ -1,9 +1,10 @@
 """OAuth access-token refresh against GitLab's /oauth/token.
 
 GitLab revokes the old refresh token once a refresh succeeds, so callers must serialize
-refreshes per account and store the returned pair atomically. Only 5xx, 429 and transport
-failures are retried (a 4xx answer is final: retrying an invalid_grant cannot help). Neither
-the tokens nor the client secret ever reach an error message or a log line.
+refreshes per account and store the returned pair atomically. Only 5xx, 429, transport
+failures and malformed JSON are retried, with the API client's `app.retry` policy; any other
+answer is final (retrying an invalid_grant cannot help), as `sansio.oauth_error_for_status`
+decides. Neither the tokens nor the client secret ever reach an error message or a log line.
 """
 
 from __future__ import annotations

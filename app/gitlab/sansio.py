@@ -74,10 +74,7 @@ _REL = re.compile(r""";\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
 
 def project_ref(project_id: int | str) -> str:
     """Path segment for a project: numeric ids as-is, paths URL-encoded (group%2Fproject)."""
-    if isinstance(project_id, int):
-        return str(project_id)
-    text = project_id.strip()
-    return text if text.isdigit() else quote(text, safe="")
+    return quote(str(project_id).strip(), safe="")  # digits are left as they are
 
 
 def as_utc(value: datetime) -> datetime:
@@ -139,7 +136,7 @@ def decode_json(adapter: TypeAdapter[T], body: bytes, *, status: int, endpoint: 
     try:
         return adapter.validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
+        errors = exc.errors()
         # Given bytes, pydantic reports bad JSON as json_invalid (json_type is for non-text).
         if any(e["type"] == "json_invalid" for e in errors):
             raise GitLabMalformedResponse(
@@ -155,13 +152,9 @@ def decode_json(adapter: TypeAdapter[T], body: bytes, *, status: int, endpoint: 
         ) from None
 
 
-def _body_text(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")
-
-
 def auth_reason(headers: Headers, body: bytes) -> AuthReason:
     """Why a 401: an expired token (refreshable), a revoked one, or an unknown one."""
-    text = f"{headers.get('www-authenticate') or ''} {_body_text(body)}".lower()
+    text = f"{headers.get('www-authenticate') or ''} {body.decode(errors='replace')}".lower()
     if "token is expired" in text:
         return "expired"
     if "revoked" in text:
@@ -194,12 +187,12 @@ def rate_limited_wait(headers: Headers, *, now: float, max_wait: float, fallback
 
 
 def _int_header(headers: Headers, name: str) -> int | None:
-    raw = (headers.get(name) or "").strip()
-    if not raw:
+    raw = headers.get(name)
+    if raw is None:
         return None
     try:
-        return int(float(raw))
-    except (ValueError, OverflowError):  # "abc", "nan", "inf"
+        return int(float(raw))  # float() takes surrounding blanks; int() truncates "5.9"
+    except (ValueError, OverflowError):  # "", "abc", "nan", "inf"
         return None
 
 

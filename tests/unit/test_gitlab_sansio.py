@@ -138,6 +138,7 @@ def test_parse_link_header_as_gitlab_sends_it():
         ("<https://h/a?page=2>", {}),  # no rel
         ('<https://h/a?page=2>; title="next"', {}),
         ('<https://h/a?page=2>; rel=""', {}),
+        ('<https://h/a>; title="x", <https://h/b>; rel="next"', {"next": "https://h/b"}),
         ("<https://h/a?page=2>; rel=next", {"next": "https://h/a?page=2"}),
         ('<https://h/a?page=2>; REL = "Next"', {"next": "https://h/a?page=2"}),
         ('<https://h/a?page=2>;rel="next"', {"next": "https://h/a?page=2"}),
@@ -509,6 +510,8 @@ def test_oauth_429_is_rate_limited():
     assert (err.retry_after, err.endpoint) == (4.0, "/oauth/token")
     assert str(err) == "GitLab 429 rate limited on /oauth/token (retry after 4.0 s)"
     assert oauth_error(429, fallback_wait=1.5).retry_after == 1.5
+    at_reset = oauth_error(429, {"ratelimit-reset": str(int(NOW) + 9)}, now=NOW + 4)
+    assert at_reset.retry_after == 5.0
 
 
 @pytest.mark.parametrize(
@@ -516,6 +519,7 @@ def test_oauth_429_is_rate_limited():
     [
         (400, b'{"error": "invalid_grant"}', "invalid_grant", "400 invalid_grant"),
         (401, b'{"error": "invalid_client"}', "invalid_client", "401 invalid_client"),
+        (300, b"", None, "300 unknown error"),
         (302, b"<html>login</html>", None, "302 unknown error"),
         (199, b"", None, "199 unknown error"),
         (499, b"{}", None, "499 unknown error"),
