@@ -1,6 +1,8 @@
 """Async client for the GitLab REST API v4: complete pagination, typed errors, polite retries.
 
-Behaviours the sync relies on:
+This module moves bytes and runs the flow (send, pace, lanes, read-ahead, pagination, the
+keyset fallback); every decision about an answer (its data, next page, error, wait, pacing)
+is taken by the pure `sansio` module. Behaviours the sync relies on:
 
 - Listings follow GitLab's `Link: rel="next"` (else `x-next-page`) until there is none. A
   short page never ends a listing and `x-total`/`x-total-pages` are never read (GitLab omits
@@ -15,17 +17,25 @@ Behaviours the sync relies on:
   pagination restricted to `updated_before` = the oldest item seen (+1 s for the timestamp
   precision GitLab rounds away); ids already yielded are skipped, so nothing is lost or
   duplicated.
+- Only a 2xx answer is data. Redirects are not followed (the token must not travel), so a
+  3xx, like a 400 or any other unmapped status, is a final GitLabAPIError.
 - Malformed bodies: invalid or truncated JSON (usually a proxy cutting the response) is
-  retried like a 5xx within the same attempt budget; if it persists, GitLabBadResponse. Valid
-  JSON of the wrong shape raises GitLabBadResponse at once (a retry would get the same).
-- Budgets: 5xx, timeouts, connection errors and malformed JSON share `gitlab_max_attempts`
-  attempts with exponential backoff and full jitter. 429s have their own budget of
-  `gitlab_max_attempts` attempts (each 429 wait starts a fresh transient budget, so one call
-  makes at most gitlab_max_attempts**2 requests); 429 waits honour Retry-After (seconds or
-  HTTP date), else RateLimit-Reset, capped at `gitlab_rate_limit_max_wait`, and pause every
-  request of this client, not only the one that was refused.
-- Every wait goes through the `sleep` given to the client (asyncio.sleep by default); a zero
-  wait never calls it.
+  retried like a 5xx within the same attempt budget; if it persists, GitLabMalformedResponse
+  (a GitLabBadResponse). Valid JSON of the wrong shape raises GitLabBadResponse at once (a
+  retry would get the same).
+- Budgets (the one `app.retry` policy, see `retry_policy`): 5xx, timeouts, connection errors
+  and malformed JSON share `gitlab_max_attempts` attempts with exponential backoff and full
+  jitter. 429s have their own budget of `gitlab_max_attempts` attempts (each 429 wait starts
+  a fresh transient budget, so one call makes at most gitlab_max_attempts**2 requests); 429
+  waits honour Retry-After (seconds or HTTP date), else RateLimit-Reset (Unix time or
+  seconds), else RateLimit-ResetTime, else the backoff schedule, capped at
+  `gitlab_rate_limit_max_wait`, and pause every request of this client, not only the one
+  that was refused.
+- A low RateLimit-Remaining (at most `gitlab_rate_limit_low_remaining`) spaces this client's
+  requests to spread what is left until RateLimit-Reset (else over a minute).
+- Every wait (retry backoff, 429 pause, pacing) goes through `app.retry.sleep`, which tests
+  switch off with `retry.recorded_waits()`; a zero wait never sleeps. Time comes from the
+  injectable `clock` (time.time by default); naive timestamps are UTC, never local time.
 - Errors and logs carry the HTTP status and the endpoint path only: never the token, the
   host or the query string.
 """
@@ -34,29 +44,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlsplit
 
-import backoff
 import httpx
 from loguru import logger
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
+from app import retry
+from app.gitlab import sansio
 from app.gitlab.errors import (
-    AuthReason,
     GitLabAPIError,
-    GitLabAuthError,
-    GitLabBadResponse,
-    GitLabForbidden,
-    GitLabNotFound,
+    GitLabMalformedResponse,
     GitLabRateLimited,
     GitLabUnavailable,
 )
+from app.gitlab.sansio import Query, as_utc, format_gitlab_time, project_ref
 from app.gitlab.schemas import (
     GitLabCurrentUser,
     GitLabIssue,
@@ -71,19 +77,14 @@ __all__ = [
     "Clock",
     "GitLabClient",
     "RequestInfo",
-    "RetryPolicy",
-    "SleepFn",
-    "format_gitlab_time",
-    "parse_json",
+    "format_gitlab_time",  # re-exported from sansio for existing importers (bench)
     "project_ref",
-    "raise_for_status",
-    "rate_limit_wait",
+    "retry_policy",
 ]
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT", GitLabIssue, GitLabMergeRequest)
 
-SleepFn = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 _ISSUES = TypeAdapter(list[GitLabIssue])
@@ -92,8 +93,6 @@ _NOTES = TypeAdapter(list[GitLabNote])
 _PROJECT = TypeAdapter(GitLabProject)
 _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
-# GitLab's rate limits are per minute; used when a low RateLimit-Remaining comes without Reset.
-_DEFAULT_RATE_WINDOW_S = 60.0
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
 _TIMESTAMP_SLACK = timedelta(seconds=1)
 
@@ -109,250 +108,27 @@ class RequestInfo:
     attempt: int
 
 
-class _MalformedBody(GitLabBadResponse):
-    """Invalid or truncated JSON: usually a proxy cutting the body, so worth another try."""
+def retry_policy(settings: Settings) -> retry.RetryPolicy:
+    """GitLab's retry policy (API client and OAuth refresh): `gitlab_max_attempts` tries with
+    full-jitter exponential backoff; a 429's requested wait is capped at
+    `gitlab_rate_limit_max_wait`."""
+    return retry.RetryPolicy.exponential(
+        attempts=settings.gitlab_max_attempts,
+        base=settings.gitlab_backoff_base,
+        cap=settings.gitlab_backoff_max,
+        max_requested_wait=settings.gitlab_rate_limit_max_wait,
+    )
 
 
-# --- helpers --------------------------------------------------------------------------
-
-
-def project_ref(project_id: int | str) -> str:
-    """Path segment for a project: numeric ids as-is, paths URL-encoded (group%2Fproject)."""
-    if isinstance(project_id, int):
-        return str(project_id)
-    text = str(project_id).strip()
-    return text if text.isdigit() else quote(text, safe="")
-
-
-def format_gitlab_time(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z; naive datetimes are taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    spec = "microseconds" if value.microsecond else "seconds"
-    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _http_date_to_unix(value: str) -> float | None:
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    return _as_utc(parsed).timestamp()
-
-
-def rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds GitLab asks us to wait: Retry-After (seconds or HTTP date), else
-    RateLimit-Reset (Unix time), else RateLimit-ResetTime (HTTP date). None if none is usable."""
-    retry_after = (headers.get("retry-after") or "").strip()
-    if retry_after:
-        try:
-            return max(float(retry_after), 0.0)
-        except ValueError:
-            at = _http_date_to_unix(retry_after)
-            if at is not None:
-                return max(at - now, 0.0)
-    reset = (headers.get("ratelimit-reset") or "").strip()
-    if reset:
-        try:
-            value = float(reset)
-        except ValueError:
-            value = None
-        if value is not None:
-            # GitLab sends a Unix time; small values are a delta (IETF draft form).
-            return max(value - now, 0.0) if value > 1e9 else max(value, 0.0)
-    reset_time = (headers.get("ratelimit-resettime") or "").strip()
-    if reset_time:
-        at = _http_date_to_unix(reset_time)
-        if at is not None:
-            return max(at - now, 0.0)
-    return None
-
-
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    raw = (headers.get(name) or "").strip()
-    try:
-        return int(float(raw)) if raw else None
-    except ValueError:
-        return None
-
-
-def _auth_reason(response: httpx.Response) -> AuthReason:
-    text = response.headers.get("www-authenticate", "")
-    with suppress(UnicodeDecodeError, LookupError):
-        text += " " + response.text
-    text = text.lower()
-    if "token is expired" in text:
-        return "expired"
-    if "revoked" in text:
-        return "revoked"
-    return "invalid"
-
-
-def _next_params(response: httpx.Response, current: httpx.QueryParams) -> httpx.QueryParams | None:
-    """Query of the next page: Link rel=next first, x-next-page as a fallback, else None.
-
-    Only the query of the Link URL is used, applied to our own base URL and path: behind a
-    reverse proxy GitLab's external URL can name another host, and the token must only ever go
-    to the configured one.
-    """
-    link = response.links.get("next", {}).get("url")
-    if link:
-        return httpx.QueryParams(urlsplit(link).query)
-    next_page = (response.headers.get("x-next-page") or "").strip()
-    if next_page:
-        return current.set("page", next_page)
-    return None
-
-
-def raise_for_status(
-    response: httpx.Response, endpoint: str, *, now: float, max_wait: float, fallback_wait: float
-) -> None:
-    """Map an HTTP error status to its typed error (message: status and endpoint path only)."""
-    status = response.status_code
-    if status < 400:
-        return
-    if status == 401:
-        reason = _auth_reason(response)
-        raise GitLabAuthError(
-            f"GitLab 401 ({reason} token) on {endpoint}", reason=reason, endpoint=endpoint
-        )
-    if status == 403:
-        raise GitLabForbidden(f"GitLab 403 forbidden on {endpoint}", status=403, endpoint=endpoint)
-    if status == 404:
-        raise GitLabNotFound(f"GitLab 404 not found on {endpoint}", status=404, endpoint=endpoint)
-    if status == 429:
-        wait = rate_limit_wait(response.headers, now)
-        wait = min(fallback_wait if wait is None else wait, max_wait)
-        raise GitLabRateLimited(
-            f"GitLab 429 rate limited on {endpoint} (retry after {wait:.1f} s)",
-            retry_after=wait,
-            endpoint=endpoint,
-        )
-    if status >= 500:
-        raise GitLabUnavailable(f"GitLab {status} on {endpoint}", status=status, endpoint=endpoint)
-    raise GitLabAPIError(f"GitLab {status} on {endpoint}", status=status, endpoint=endpoint)
-
-
-def parse_json(adapter: TypeAdapter[T], response: httpx.Response, endpoint: str) -> T:
-    """Validate the raw body in one pass; malformed JSON is retryable, a wrong shape is not."""
-    try:
-        return adapter.validate_json(response.content)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-        if any(e["type"] in ("json_invalid", "json_type") for e in errors):
-            raise _MalformedBody(
-                f"malformed JSON from GitLab on {endpoint}",
-                status=response.status_code,
-                endpoint=endpoint,
-            ) from None
-        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "?"
-        raise GitLabBadResponse(
-            f"unexpected payload from GitLab on {endpoint}: {exc.error_count()} invalid "
-            f"field(s), first at {where}",
-            status=response.status_code,
-            endpoint=endpoint,
-        ) from None
+def requested_wait(exc: BaseException) -> float | None:
+    """The wait a 429 error carries (already read from the answer and capped by sansio)."""
+    return exc.retry_after if isinstance(exc, GitLabRateLimited) else None
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark an abandoned read-ahead's outcome as seen (no 'never retrieved' warning)."""
     if not future.cancelled():
         future.exception()
-
-
-# --- retries --------------------------------------------------------------------------
-
-
-def _zero_wait() -> Any:
-    """backoff wait generator that never sleeps itself: backoff's own sleep is asyncio.sleep,
-    which tests cannot replace, so the real wait happens in our on_backoff handlers."""
-    yield
-    while True:
-        yield 0.0
-
-
-class RetryPolicy:
-    """The retry rules, shared by the API client and the OAuth refresh."""
-
-    def __init__(self, settings: Settings, sleep: SleepFn, clock: Clock) -> None:
-        self.settings = settings
-        self.sleep = sleep
-        self.clock = clock
-
-    def backoff_delay(self, retry_number: int) -> float:
-        """Full-jitter exponential delay before retry `retry_number` (1-based); 0 base -> 0."""
-        waits = backoff.expo(
-            factor=self.settings.gitlab_backoff_base, max_value=self.settings.gitlab_backoff_max
-        )
-        next(waits)  # backoff generators are primed with one empty step
-        delay = 0.0
-        for _ in range(max(retry_number, 1)):
-            delay = next(waits)
-        return backoff.full_jitter(delay) if delay > 0 else 0.0
-
-    def wrap(
-        self,
-        target: Callable[..., Awaitable[T]],
-        *,
-        hold: Callable[[float], None] | None = None,
-    ) -> Callable[..., Awaitable[T]]:
-        """Retry `target`: transient errors (5xx, transport, malformed JSON) inside, 429 outside.
-
-        `hold(seconds)` lets the caller turn a 429 wait into a pause of all its requests;
-        without it the retrying call sleeps itself.
-        """
-        attempts = self.settings.gitlab_max_attempts
-
-        async def on_transient(details: dict[str, Any]) -> None:
-            exc: GitLabAPIError = details["exception"]
-            delay = self.backoff_delay(details["tries"])
-            logger.warning(
-                "{}: retry {}/{} in {:.2f} s",
-                exc,  # our messages: status and endpoint path only
-                details["tries"],
-                attempts - 1,
-                delay,
-            )
-            if delay > 0:
-                await self.sleep(delay)
-
-        async def on_rate_limited(details: dict[str, Any]) -> None:
-            exc: GitLabRateLimited = details["exception"]
-            logger.warning(
-                "GitLab 429 on {}: retry {}/{} in {:.2f} s",
-                exc.endpoint,
-                details["tries"],
-                attempts - 1,
-                exc.retry_after,
-            )
-            if hold is not None:
-                hold(exc.retry_after)
-            elif exc.retry_after > 0:
-                await self.sleep(exc.retry_after)
-
-        transient = backoff.on_exception(
-            _zero_wait,
-            (GitLabUnavailable, _MalformedBody),
-            max_tries=attempts,
-            jitter=None,
-            on_backoff=on_transient,
-            logger=None,
-        )(target)
-        return backoff.on_exception(
-            _zero_wait,
-            GitLabRateLimited,
-            max_tries=attempts,
-            jitter=None,
-            on_backoff=on_rate_limited,
-            logger=None,
-        )(transient)
 
 
 # --- the client -----------------------------------------------------------------------
@@ -366,8 +142,7 @@ class _Call:
     url: httpx.URL  # with its query: built once, not merged by httpx on every attempt
     endpoint: str  # real path without query, for errors and logs: /projects/42/issues
     template: str  # low-cardinality name for metrics: /projects/:id/issues
-    params: httpx.QueryParams
-    parse: Callable[[httpx.Response], Any]
+    decode: Callable[[bytes, int], Any]  # body, status -> data (sansio.decode_json)
     attempt: int = 0
 
 
@@ -381,14 +156,12 @@ class GitLabClient:
         token: str,
         *,
         on_request: Callable[[RequestInfo], None] | None = None,
-        sleep: SleepFn | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._http = http
         self._settings = settings
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._on_request = on_request
-        self._sleep: SleepFn = sleep or asyncio.sleep
         self._clock: Clock = clock or time.time
         self._base = settings.gitlab_api_url.rstrip("/")
         self._timeout = httpx.Timeout(
@@ -401,8 +174,21 @@ class GitLabClient:
         # Pacing shared by all requests of this user: next allowed start, spacing between starts.
         self._next_slot = 0.0
         self._pace_interval = 0.0
-        self._retry = RetryPolicy(settings, self._sleep, self._clock)
-        self._send = self._retry.wrap(self._attempt, hold=self._hold)
+        self._retry = retry_policy(settings)
+        # Two budgets: transient failures inside, 429s outside (each 429 retry starts a fresh
+        # transient budget). A 429's wait becomes a pause of every request of this client.
+        transient = retry.retry_on(
+            self._retry,
+            (GitLabUnavailable, GitLabMalformedResponse),
+            on_retry=self._log_retry,
+        )(self._attempt)
+        self._send = retry.retry_on(
+            self._retry,
+            GitLabRateLimited,
+            requested_wait=requested_wait,
+            on_retry=self._log_retry,
+            wait=self._pause,
+        )(transient)
 
     def __repr__(self) -> str:  # never show the token
         return f"GitLabClient(base={self._base!r})"
@@ -472,10 +258,12 @@ class GitLabClient:
             raise ValueError(f"unknown noteable_type {noteable_type!r}")
         path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}/notes"
         template = f"/projects/:id/{kind}/:iid/notes"
-        params = httpx.QueryParams(
-            {"sort": "desc", "order_by": "updated_at", "per_page": self._settings.gitlab_per_page}
-        )
-        since_utc = _as_utc(since) if since is not None else None
+        params: Query = [
+            ("sort", "desc"),
+            ("order_by", "updated_at"),
+            ("per_page", str(self._settings.gitlab_per_page)),
+        ]
+        since_utc = as_utc(since) if since is not None else None
         numeric_project = project_id if isinstance(project_id, int) else None
         base_url = noteable_web_url.split("#", 1)[0]
         include_system = self._settings.include_system_notes
@@ -486,7 +274,7 @@ class GitLabClient:
             async for page in pages:
                 fresh: list[GitLabNote] = []
                 for note in page:
-                    if since_utc is not None and note.updated_at < since_utc:
+                    if since_utc is not None and as_utc(note.updated_at) < since_utc:
                         reached_older = True
                         continue
                     # Offset pages shift when notes are added meanwhile: never yield one twice.
@@ -518,15 +306,15 @@ class GitLabClient:
         *,
         keyset_fallback: bool,
         on_page: Callable[[], None] | None = None,
-    ) -> AsyncIterator[list[ItemT]]:
+    ) -> AsyncGenerator[list[ItemT], None]:
         path = f"/projects/{project_ref(project_id)}/{kind}"
         template = f"/projects/:id/{kind}"
-        filters: dict[str, str | int] = {
+        filters: dict[str, str] = {
             "scope": "all",
             **extra,
             "order_by": "updated_at",
             "sort": "desc",
-            "per_page": self._settings.gitlab_per_page,
+            "per_page": str(self._settings.gitlab_per_page),
         }
         if updated_after is not None:
             filters["updated_after"] = format_gitlab_time(updated_after)
@@ -534,7 +322,7 @@ class GitLabClient:
         seen: set[int] = set()
         oldest: datetime | None = None
         first = self._pages(
-            path, template, httpx.QueryParams(filters), adapter, on_page, read_ahead=True
+            path, template, list(filters.items()), adapter, on_page, read_ahead=True
         )
         async with aclosing(first) as it:
             while True:
@@ -550,8 +338,9 @@ class GitLabClient:
                 fresh = [item for item in page if item.id not in seen]
                 seen.update(item.id for item in fresh)
                 for item in page:
-                    if oldest is None or item.updated_at < oldest:
-                        oldest = item.updated_at
+                    updated = as_utc(item.updated_at)
+                    if oldest is None or updated < oldest:
+                        oldest = updated
                 if fresh:
                     yield fresh
 
@@ -564,9 +353,7 @@ class GitLabClient:
         if oldest is not None:
             # Everything newer than `oldest` was read (descending order); resume below it.
             keyset["updated_before"] = format_gitlab_time(oldest + _TIMESTAMP_SLACK)
-        rest = self._pages(
-            path, template, httpx.QueryParams(keyset), adapter, on_page, read_ahead=True
-        )
+        rest = self._pages(path, template, list(keyset.items()), adapter, on_page, read_ahead=True)
         async with aclosing(rest) as it:
             async for page in it:
                 # Keyset never repeats an item: only the overlap with offset pages is filtered.
@@ -578,12 +365,12 @@ class GitLabClient:
         self,
         path: str,
         template: str,
-        params: httpx.QueryParams,
+        params: Query,
         adapter: TypeAdapter[list[T]],
         on_page: Callable[[], None] | None = None,
         *,
         read_ahead: bool = False,
-    ) -> AsyncIterator[list[T]]:
+    ) -> AsyncGenerator[list[T], None]:
         """Every page, following rel=next until there is none (no page cap, no totals).
 
         `read_ahead`: request the next page as soon as this one arrived, before the caller
@@ -593,38 +380,32 @@ class GitLabClient:
         """
         base = self._base + path
 
-        def fetch(query: httpx.QueryParams) -> Awaitable[tuple[list[T], httpx.Response]]:
-            return self._send(
-                _Call(
-                    "GET",
-                    httpx.URL(base, params=query),
-                    path,
-                    template,
-                    query,
-                    lambda r: parse_json(adapter, r, path),
-                )
-            )
+        def decode(body: bytes, status: int) -> list[T]:
+            return sansio.decode_json(adapter, body, status=status, endpoint=path)
+
+        def fetch(query: Query) -> Awaitable[tuple[list[T], httpx.Headers]]:
+            return self._send(_Call("GET", httpx.URL(base, params=query), path, template, decode))
 
         if not read_ahead:
             while True:
-                page, response = await fetch(params)
+                page, headers = await fetch(params)
                 if on_page is not None:
                     on_page()
                 yield page
-                nxt = _next_params(response, params)
+                nxt = sansio.next_page_query(headers, params)
                 if nxt is None:
                     return
                 params = nxt
 
-        ahead: asyncio.Future[tuple[list[T], httpx.Response]] | None = None
+        ahead: asyncio.Future[tuple[list[T], httpx.Headers]] | None = None
         try:
             ahead = asyncio.ensure_future(fetch(params))
             while ahead is not None:
-                page, response = await ahead
+                page, headers = await ahead
                 ahead = None
                 if on_page is not None:
                     on_page()
-                nxt = _next_params(response, params)
+                nxt = sansio.next_page_query(headers, params)
                 if nxt is not None:
                     params = nxt
                     ahead = asyncio.ensure_future(fetch(nxt))
@@ -636,20 +417,17 @@ class GitLabClient:
                 ahead.add_done_callback(_retrieve)
 
     async def _get(self, path: str, template: str, adapter: TypeAdapter[T]) -> T:
-        call = _Call(
-            "GET",
-            httpx.URL(self._base + path),
-            path,
-            template,
-            httpx.QueryParams(),
-            lambda r: parse_json(adapter, r, path),
+        def decode(body: bytes, status: int) -> T:
+            return sansio.decode_json(adapter, body, status=status, endpoint=path)
+
+        value, _ = await self._send(
+            _Call("GET", httpx.URL(self._base + path), path, template, decode)
         )
-        value, _ = await self._send(call)
         return value
 
     # --- one attempt ------------------------------------------------------------------
 
-    async def _attempt(self, call: _Call) -> tuple[Any, httpx.Response]:
+    async def _attempt(self, call: _Call) -> tuple[Any, httpx.Headers]:
         await self._wait_for_slot()
         call.attempt += 1
         status: int | None = None
@@ -679,18 +457,21 @@ class GitLabClient:
         finally:
             self._report(call, status, time.perf_counter() - started)
 
-        self._observe_rate_limit(response, call.endpoint)
-        raise_for_status(
-            response,
+        headers, body = response.headers, response.content
+        self._observe_rate_limit(status, headers, call.endpoint)
+        error = sansio.error_for_status(
+            status,
+            headers,
+            body,
             call.endpoint,
             now=self._clock(),
             max_wait=self._settings.gitlab_rate_limit_max_wait,
             # Only a 429 without any usable header needs our own guess.
-            fallback_wait=(
-                self._retry.backoff_delay(call.attempt) if response.status_code == 429 else 0.0
-            ),
+            fallback_wait=self._retry.delay(call.attempt) if status == 429 else 0.0,
         )
-        return call.parse(response), response
+        if error is not None:
+            raise error
+        return call.decode(body, status), headers
 
     def _report(self, call: _Call, status: int | None, duration_s: float) -> None:
         logger.debug(
@@ -717,38 +498,44 @@ class GitLabClient:
         start = max(now, self._next_slot)
         if self._pace_interval > 0:
             self._next_slot = start + self._pace_interval
-        wait = start - now
-        if wait > 0:
-            await self._sleep(wait)
+        await retry.sleep(start - now)
 
-    def _hold(self, seconds: float) -> None:
-        """Pause every request of this client for `seconds` (after a 429)."""
+    async def _pause(self, seconds: float) -> None:
+        """retry_on's wait after a 429: pause every request of this client for `seconds`
+        (the waiting itself happens in `_wait_for_slot` of the next attempt)."""
         if seconds > 0:
             self._next_slot = max(self._next_slot, self._clock() + seconds)
 
-    def _observe_rate_limit(self, response: httpx.Response, endpoint: str) -> None:
+    def _log_retry(self, exc: BaseException, retry_number: int, delay: float) -> None:
+        # Our errors' messages carry the status and endpoint path only.
+        logger.warning(
+            "{}: retry {}/{} in {:.2f} s", exc, retry_number, self._retry.attempts - 1, delay
+        )
+
+    def _observe_rate_limit(self, status: int, headers: httpx.Headers, endpoint: str) -> None:
         """Space requests out when the quota runs low, so GitLab need not answer 429."""
-        remaining = _int_header(response.headers, "ratelimit-remaining")
-        if remaining is None or response.status_code == 429:
+        now = self._clock()
+        pace = sansio.pacing(
+            status,
+            headers,
+            now=now,
+            low_remaining=self._settings.gitlab_rate_limit_low_remaining,
+            max_wait=self._settings.gitlab_rate_limit_max_wait,
+        )
+        if pace is None:
             return
-        if remaining > self._settings.gitlab_rate_limit_low_remaining:
+        if not pace.low:
             if self._pace_interval > 0:
                 # Quota recovered: drop the slots pacing reserved ahead.
                 self._pace_interval = 0.0
-                self._next_slot = min(self._next_slot, self._clock())
+                self._next_slot = min(self._next_slot, now)
             return
-        now = self._clock()
-        reset = _int_header(response.headers, "ratelimit-reset")
-        window = float(reset) - now if reset is not None else _DEFAULT_RATE_WINDOW_S
-        interval = min(
-            max(window, 0.0) / max(remaining, 1), self._settings.gitlab_rate_limit_max_wait
-        )
-        if interval > self._pace_interval:
+        if pace.interval > self._pace_interval:
             logger.info(
                 "GitLab quota low ({} left) on {}: spacing requests {:.2f} s apart",
-                remaining,
+                pace.remaining,
                 endpoint,
-                interval,
+                pace.interval,
             )
-        self._pace_interval = interval
-        self._next_slot = max(self._next_slot, now + interval)
+        self._pace_interval = pace.interval
+        self._next_slot = max(self._next_slot, now + pace.interval)

@@ -1,5 +1,18 @@
 """Typed GitLab errors: the sync decides what to do from the class, never from strings.
 
+What the caller does, by type:
+
+- GitLabAuthError (401): refresh the token if `reason` is "expired", else skip the user.
+- GitLabRateLimited (429) and GitLabUnavailable (5xx, timeouts): transient, try again later
+  (the client already retried within its budget).
+- GitLabMalformedResponse: invalid or truncated JSON; the client retries it like a 5xx and
+  raises it once that budget is spent. A GitLabBadResponse, so callers need not tell them apart.
+- GitLabBadResponse: a payload of the wrong shape; the client does not retry it (the same
+  request would get the same answer).
+- GitLabForbidden (403), GitLabNotFound (404): this resource is out of reach; others continue.
+- GitLabOAuthError: the token endpoint refused a refresh (final: re-authorization needed).
+- GitLabAPIError itself: any other answer (a 3xx, 400, 405...): final for this request.
+
 Messages carry the HTTP status and the endpoint path only: never a token, never a full URL
 (a URL's query could hold a secret).
 """
@@ -49,6 +62,10 @@ class GitLabUnavailable(GitLabAPIError):
 
 class GitLabBadResponse(GitLabAPIError):
     """A payload that is not what the endpoint documents (malformed JSON, wrong shape)."""
+
+
+class GitLabMalformedResponse(GitLabBadResponse):
+    """Invalid or truncated JSON: usually a proxy cutting the body, so worth another try."""
 
 
 class GitLabOAuthError(GitLabAPIError):

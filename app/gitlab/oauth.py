@@ -1,23 +1,29 @@
 """OAuth access-token refresh against GitLab's /oauth/token.
 
 GitLab revokes the old refresh token once a refresh succeeds, so callers must serialize
-refreshes per account and store the returned pair atomically. Only 5xx, 429 and transport
-failures are retried (a 4xx answer is final: retrying an invalid_grant cannot help). Neither
-the tokens nor the client secret ever reach an error message or a log line.
+refreshes per account and store the returned pair atomically. Only 5xx, 429, transport
+failures and malformed JSON are retried, with the API client's `app.retry` policy; any other
+answer is final (retrying an invalid_grant cannot help), as `sansio.oauth_error_for_status`
+decides. Neither the tokens nor the client secret ever reach an error message or a log line.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import time
 
 import httpx
 from loguru import logger
 from pydantic import TypeAdapter
 
-from app.gitlab.client import Clock, RetryPolicy, SleepFn, parse_json, rate_limit_wait
-from app.gitlab.errors import GitLabOAuthError, GitLabRateLimited, GitLabUnavailable
+from app import retry
+from app.gitlab import sansio
+from app.gitlab.client import Clock, requested_wait, retry_policy
+from app.gitlab.errors import (
+    GitLabMalformedResponse,
+    GitLabOAuthError,
+    GitLabRateLimited,
+    GitLabUnavailable,
+)
 from app.gitlab.schemas import OAuthTokenResponse
 from app.settings import Settings
 
@@ -25,19 +31,6 @@ __all__ = ["refresh_access_token"]
 
 _ENDPOINT = "/oauth/token"
 _TOKEN_RESPONSE = TypeAdapter(OAuthTokenResponse)
-# OAuth error codes are short snake_case words (RFC 6749 5.2); anything else is not echoed.
-_ERROR_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
-
-
-def _oauth_error_code(response: httpx.Response) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, str) and _ERROR_CODE.match(error):
-        return error
-    return None
 
 
 async def refresh_access_token(
@@ -45,14 +38,14 @@ async def refresh_access_token(
     settings: Settings,
     refresh_token: str,
     *,
-    sleep: SleepFn | None = None,
     clock: Clock | None = None,
 ) -> OAuthTokenResponse:
     """Exchange `refresh_token` for a new access/refresh pair.
 
     Raises GitLabOAuthError for a refusal (error="invalid_grant", "invalid_client", ... or
     "not_configured" when the OAuth app settings are missing), GitLabUnavailable when GitLab
-    stays unreachable, GitLabRateLimited when it keeps answering 429.
+    stays unreachable, GitLabRateLimited when it keeps answering 429, GitLabBadResponse when
+    the answer is not a token.
     """
     secret = settings.gitlab_oauth_client_secret
     if not settings.oauth_refresh_configured or secret is None:
@@ -72,9 +65,16 @@ async def refresh_access_token(
         "redirect_uri": settings.gitlab_oauth_redirect_uri or "",
     }
     timeout = httpx.Timeout(settings.gitlab_read_timeout, connect=settings.gitlab_connect_timeout)
-    policy = RetryPolicy(settings, sleep or asyncio.sleep, clock or time.time)
+    now = clock or time.time
+    policy = retry_policy(settings)
     attempt = 0
 
+    def log_retry(exc: BaseException, retry_number: int, delay: float) -> None:
+        logger.warning("{}: retry {}/{} in {:.2f} s", exc, retry_number, policy.attempts - 1, delay)
+
+    # Same budgets as the API client: transient failures inside, 429s outside.
+    @retry.retry_on(policy, GitLabRateLimited, requested_wait=requested_wait, on_retry=log_retry)
+    @retry.retry_on(policy, (GitLabUnavailable, GitLabMalformedResponse), on_retry=log_retry)
     async def post_once() -> OAuthTokenResponse:
         nonlocal attempt
         attempt += 1
@@ -98,26 +98,18 @@ async def refresh_access_token(
             (time.perf_counter() - started) * 1000,
             attempt,
         )
-        if status >= 500:
-            raise GitLabUnavailable(
-                f"GitLab {status} on {_ENDPOINT}", status=status, endpoint=_ENDPOINT
-            )
-        if status == 429:
-            wait = rate_limit_wait(response.headers, policy.clock())
-            wait = policy.backoff_delay(attempt) if wait is None else wait
-            wait = min(wait, settings.gitlab_rate_limit_max_wait)
-            raise GitLabRateLimited(
-                f"GitLab 429 rate limited on {_ENDPOINT} (retry after {wait:.1f} s)",
-                retry_after=wait,
-                endpoint=_ENDPOINT,
-            )
-        if status >= 300:  # a redirect here means a wrong instance URL: also final
-            error = _oauth_error_code(response)
-            raise GitLabOAuthError(
-                f"GitLab refused the token refresh: {status} {error or 'unknown error'}",
-                error=error,
-                status=status,
-            )
-        return parse_json(_TOKEN_RESPONSE, response, _ENDPOINT)
+        error = sansio.oauth_error_for_status(
+            status,
+            response.headers,
+            response.content,
+            now=now(),
+            max_wait=settings.gitlab_rate_limit_max_wait,
+            fallback_wait=policy.delay(attempt) if status == 429 else 0.0,
+        )
+        if error is not None:
+            raise error
+        return sansio.decode_json(
+            _TOKEN_RESPONSE, response.content, status=status, endpoint=_ENDPOINT
+        )
 
-    return await policy.wrap(post_once)()
+    return await post_once()

@@ -1,8 +1,10 @@
 """GitLabClient and OAuth refresh against respx mocks: pagination, errors, retries, pacing.
 
 Fixtures follow GitLab's documented payloads (extra fields included, as GitLab sends them).
-Every wait goes through a fake sleep that only records and advances a fake clock: no test
-sleeps for real.
+Every wait goes through `app.retry.sleep`, switched off with `retry.recorded_waits()`; the
+client's clock is a fake one that the recorded waits advance: no test sleeps for real.
+The decisions themselves (status -> error, headers -> wait, Link -> next query) are tested
+without HTTP in test_gitlab_sansio.py.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import parse_qs
 
@@ -19,7 +21,8 @@ import pytest
 import respx
 from loguru import logger
 
-from app.gitlab.client import GitLabClient, RequestInfo, format_gitlab_time, rate_limit_wait
+from app import retry
+from app.gitlab.client import GitLabClient, RequestInfo
 from app.gitlab.errors import (
     GitLabAPIError,
     GitLabAuthError,
@@ -43,18 +46,22 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 class FakeTime:
-    """A clock and a sleep: sleeping records the wait and moves the clock, instantly."""
+    """A clock moved by the waits `retry.recorded_waits()` records (which return at once)."""
 
-    def __init__(self, now: float = 1_714_564_800.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
+    def __init__(self, sleeps: list[float], now: float = 1_714_564_800.0) -> None:
+        self.sleeps = sleeps
+        self._start = now
+
+    @property
+    def now(self) -> float:
+        return self._start + sum(self.sleeps)
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._start = value - sum(self.sleeps)
 
     def clock(self) -> float:
         return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def make_settings(**overrides: object) -> Settings:
@@ -74,8 +81,9 @@ def make_settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> Iterator[FakeTime]:
+    with retry.recorded_waits() as waits:
+        yield FakeTime(waits)
 
 
 @pytest.fixture
@@ -91,9 +99,7 @@ def mock() -> Iterator[respx.MockRouter]:
 
 
 def client_for(http: httpx.AsyncClient, fake_time: FakeTime, **overrides: object) -> GitLabClient:
-    return GitLabClient(
-        http, make_settings(**overrides), TOKEN, sleep=fake_time.sleep, clock=fake_time.clock
-    )
+    return GitLabClient(http, make_settings(**overrides), TOKEN, clock=fake_time.clock)
 
 
 def ts(minutes: float) -> str:
@@ -332,6 +338,21 @@ async def test_offset_cap_405_switches_to_keyset_without_loss_or_duplicates(http
     assert query(route.calls[4].request) == {"cursor": "eyJpZCI6MTAwNH0", "pagination": "keyset"}
 
 
+@pytest.mark.parametrize("status", [301, 302, 304, 400, 409])
+async def test_redirects_and_other_4xx_are_final_errors_never_data(http, mock, fake_time, status):
+    # Redirects are not followed (the token must not travel): one means a wrong instance URL
+    # or a login page. Even with a JSON list for a body it must never read as an empty page.
+    route = mock.get(f"{API}/projects/4/issues").mock(
+        return_value=httpx.Response(
+            status, json=[], headers={"Location": "https://login.example.com/"}
+        )
+    )
+    with pytest.raises(GitLabAPIError) as info:
+        await collect(client_for(http, fake_time).issues(4, None))
+    assert type(info.value) is GitLabAPIError
+    assert (info.value.status, route.call_count) == (status, 1)
+
+
 async def test_405_on_merge_requests_is_an_error(http, mock, fake_time):
     mock.get(f"{API}/projects/3/merge_requests").mock(return_value=httpx.Response(405, json={}))
     with pytest.raises(GitLabAPIError) as info:
@@ -343,9 +364,16 @@ async def test_semaphore_is_free_while_the_caller_processes_a_page(http, mock, f
     mock.get(f"{API}/projects/4/issues").mock(
         side_effect=[page([issue(1002)], next_url=f"{API}/x?page=2"), page([issue(1001)])]
     )
+    mock.get(f"{API}/user").mock(return_value=httpx.Response(200, json={"id": 1, "username": "u"}))
     client = client_for(http, fake_time, gitlab_user_concurrency=1)
     async for _ in client.issues(4, None):
-        assert not client._in_flight.locked()
+        # With one slot, a request made while the caller holds a page must get through.
+        other = asyncio.ensure_future(client.current_user())
+        for _ in range(50):  # scheduling points, not time
+            if other.done():
+                break
+            await asyncio.sleep(0)
+        assert other.done() and (await other).id == 1
 
 
 # --- notes ------------------------------------------------------------------------------
@@ -395,6 +423,25 @@ async def test_notes_keep_gitlab_fields_and_include_system_notes_when_configured
 
     assert [n.id for p in pages for n in p] == [2, 1]
     assert pages[0][0].web_url == "http://g/x/issues/7#note_2"
+
+
+async def test_naive_gitlab_timestamps_are_utc(http, mock, fake_time):
+    # A timestamp without an offset is UTC (GitLab's), compared with an aware `since`.
+    route = mock.get(f"{API}/projects/5/issues/7/notes").mock(
+        side_effect=[
+            page(
+                [note(3, 60) | {"updated_at": "2024-05-01T13:00:00"}, note(2, 30)],
+                next_url=f"{API}/x?page=2",
+            ),
+            page([note(1, 10) | {"updated_at": "2024-05-01T12:10:00"}]),
+        ]
+    )
+    since = T0 + timedelta(minutes=20)
+    pages = await collect(
+        client_for(http, fake_time).notes(5, "Issue", 7, since, noteable_web_url="http://g/i/7")
+    )
+    assert [n.id for p in pages for n in p] == [3, 2]
+    assert route.call_count == 2
 
 
 async def test_notes_without_since_read_every_page(http, mock, fake_time):
@@ -487,14 +534,6 @@ async def test_timeouts_come_from_settings(http, mock, fake_time):
     await client.current_user()
     timeout = route.calls[0].request.extensions["timeout"]
     assert timeout["connect"] == 2.5 and timeout["read"] == 17
-
-
-def test_format_gitlab_time_is_utc_with_z():
-    assert format_gitlab_time(datetime(2019, 3, 15, 8, 0)) == "2019-03-15T08:00:00Z"
-    aware = datetime(2019, 3, 15, 10, 0, 0, 500, tzinfo=UTC).astimezone(
-        timezone(timedelta(hours=2))
-    )
-    assert format_gitlab_time(aware) == "2019-03-15T10:00:00.000500Z"
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -811,6 +850,39 @@ async def test_low_ratelimit_remaining_spaces_requests(http, mock, fake_time):
     assert fake_time.sleeps == [2.0]
 
 
+async def test_low_ratelimit_remaining_with_reset_in_seconds_spaces_requests(http, mock, fake_time):
+    # RateLimit-Reset in the IETF draft's delta-seconds form: 10 s left for 5 requests.
+    mock.get(f"{API}/user").mock(
+        side_effect=[
+            httpx.Response(
+                200,
+                json={"id": 1, "username": "u"},
+                headers={"RateLimit-Remaining": "5", "RateLimit-Reset": "10"},
+            ),
+            httpx.Response(200, json={"id": 1, "username": "u"}),
+        ]
+    )
+    client = client_for(http, fake_time, gitlab_rate_limit_max_wait=60)
+    await client.current_user()
+    await client.current_user()
+    assert fake_time.sleeps == [2.0]
+
+
+async def test_429_without_any_header_waits_the_backoff_and_retries(http, mock, fake_time):
+    route = mock.get(f"{API}/user").mock(
+        side_effect=[
+            httpx.Response(429, text="Retry later"),
+            httpx.Response(200, json={"id": 1, "username": "u"}),
+        ]
+    )
+    client = client_for(
+        http, fake_time, gitlab_backoff_base=1, gitlab_backoff_max=1, gitlab_rate_limit_max_wait=60
+    )
+    assert (await client.current_user()).id == 1
+    assert route.call_count == 2
+    assert len(fake_time.sleeps) <= 1 and all(0 <= w <= 1 for w in fake_time.sleeps)
+
+
 async def test_low_ratelimit_remaining_wait_is_capped(http, mock, fake_time):
     mock.get(f"{API}/user").mock(
         side_effect=[
@@ -829,18 +901,6 @@ async def test_low_ratelimit_remaining_wait_is_capped(http, mock, fake_time):
     await client.current_user()
     await client.current_user()
     assert fake_time.sleeps == [30.0]
-
-
-def test_rate_limit_wait_header_forms():
-    now = 1_000_000_000.0
-    assert rate_limit_wait({"retry-after": "12"}, now) == 12.0
-    date = format_datetime(datetime.fromtimestamp(now + 20, tz=UTC), usegmt=True)
-    assert rate_limit_wait({"retry-after": date}, now) == pytest.approx(20.0)
-    assert rate_limit_wait({"ratelimit-reset": str(int(now) + 8)}, now) == 8.0
-    assert rate_limit_wait({"ratelimit-resettime": date}, now) == pytest.approx(20.0)
-    assert rate_limit_wait({"retry-after": "garbage"}, now) is None
-    assert rate_limit_wait({}, now) is None
-    assert rate_limit_wait({"retry-after": "-3"}, now) == 0.0
 
 
 # --- concurrency, metrics, logs ---------------------------------------------------------
@@ -868,6 +928,29 @@ async def test_in_flight_requests_never_exceed_the_bound(fake_time):
 
 
 async def test_retry_waits_do_not_hold_the_semaphore(http, mock, fake_time):
+    order: list[str] = []
+
+    def answer(*responses: httpx.Response):
+        pending = list(responses)
+
+        def respond(request: httpx.Request) -> httpx.Response:
+            order.append(request.url.path)
+            return pending.pop(0)
+
+        return respond
+
+    mock.get(f"{API}/user").mock(
+        side_effect=answer(
+            httpx.Response(503),
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            httpx.Response(200, json={"id": 1, "username": "u"}),
+        )
+    )
+    mock.get(f"{API}/projects/42").mock(
+        side_effect=answer(
+            httpx.Response(200, json={"id": 42, "name": "p", "path_with_namespace": "g/p"})
+        )
+    )
     client = client_for(
         http,
         fake_time,
@@ -876,23 +959,11 @@ async def test_retry_waits_do_not_hold_the_semaphore(http, mock, fake_time):
         gitlab_backoff_max=1,
         gitlab_rate_limit_max_wait=60,
     )
-    locked_during_sleep: list[bool] = []
+    await asyncio.gather(client.current_user(), client.project(42))
 
-    async def sleep(seconds: float) -> None:
-        locked_during_sleep.append(client._in_flight.locked())
-        await fake_time.sleep(seconds)
-
-    client._sleep = client._retry.sleep = sleep
-    mock.get(f"{API}/user").mock(
-        side_effect=[
-            httpx.Response(503),
-            httpx.Response(429, headers={"Retry-After": "3"}),
-            httpx.Response(200, json={"id": 1, "username": "u"}),
-        ]
-    )
-    await client.current_user()
-
-    assert locked_during_sleep and not any(locked_during_sleep)
+    # The single slot went to the other request while /user waited to retry.
+    assert order.index("/api/v4/projects/42") < len(order) - 1
+    assert 3.0 in fake_time.sleeps
 
 
 async def test_on_request_reports_each_attempt_with_a_template(http, mock, fake_time):
@@ -905,7 +976,6 @@ async def test_on_request_reports_each_attempt_with_a_template(http, mock, fake_
         make_settings(),
         TOKEN,
         on_request=seen.append,
-        sleep=fake_time.sleep,
         clock=fake_time.clock,
     )
     await collect(client.issues("group/proj", None))
@@ -923,7 +993,7 @@ async def test_a_failing_on_request_hook_does_not_break_requests(http, mock, fak
         raise RuntimeError("metrics down")
 
     mock.get(f"{API}/user").mock(return_value=httpx.Response(200, json={"id": 1, "username": "u"}))
-    client = GitLabClient(http, make_settings(), TOKEN, on_request=broken, sleep=fake_time.sleep)
+    client = GitLabClient(http, make_settings(), TOKEN, on_request=broken, clock=fake_time.clock)
     assert (await client.current_user()).id == 1
 
 
@@ -969,7 +1039,7 @@ async def test_oauth_refresh_posts_the_form_to_the_instance_sub_path(http, mock,
     )
     settings = make_settings(gitlab_instance_url="https://git.example.com/gitlab/")
 
-    answer = await refresh_access_token(http, settings, "old-REFRESH", sleep=fake_time.sleep)
+    answer = await refresh_access_token(http, settings, "old-REFRESH")
 
     assert (answer.access_token, answer.refresh_token, answer.expires_in) == (
         "new-ACCESS",
@@ -1001,7 +1071,7 @@ async def test_oauth_invalid_grant_is_final(http, mock, fake_time, status):
         )
     )
     with pytest.raises(GitLabOAuthError) as info:
-        await refresh_access_token(http, make_settings(), "old-REFRESH", sleep=fake_time.sleep)
+        await refresh_access_token(http, make_settings(), "old-REFRESH")
 
     assert route.call_count == 1
     assert (info.value.error, info.value.status) == ("invalid_grant", status)
@@ -1017,7 +1087,7 @@ async def test_oauth_5xx_is_retried_then_succeeds(http, mock, fake_time):
             httpx.Response(200, json=TOKEN_ANSWER),
         ]
     )
-    answer = await refresh_access_token(http, make_settings(), "old", sleep=fake_time.sleep)
+    answer = await refresh_access_token(http, make_settings(), "old")
     assert answer.access_token == "new-ACCESS"
     assert route.call_count == 3
 
@@ -1025,7 +1095,7 @@ async def test_oauth_5xx_is_retried_then_succeeds(http, mock, fake_time):
 async def test_oauth_persistent_5xx_raises_unavailable(http, mock, fake_time):
     route = mock.post(f"{INSTANCE}/oauth/token").mock(return_value=httpx.Response(503))
     with pytest.raises(GitLabUnavailable) as info:
-        await refresh_access_token(http, make_settings(), "old-REFRESH", sleep=fake_time.sleep)
+        await refresh_access_token(http, make_settings(), "old-REFRESH")
     assert route.call_count == 4
     assert info.value.endpoint == "/oauth/token"
     assert "old-REFRESH" not in str(info.value)
@@ -1034,9 +1104,7 @@ async def test_oauth_persistent_5xx_raises_unavailable(http, mock, fake_time):
 async def test_oauth_without_configuration_fails_without_a_request(http, mock, fake_time):
     route = mock.post(f"{INSTANCE}/oauth/token")
     with pytest.raises(GitLabOAuthError) as info:
-        await refresh_access_token(
-            http, make_settings(gitlab_oauth_client_secret=""), "old", sleep=fake_time.sleep
-        )
+        await refresh_access_token(http, make_settings(gitlab_oauth_client_secret=""), "old")
     assert info.value.error == "not_configured"
     assert route.call_count == 0
 
@@ -1048,7 +1116,7 @@ async def test_oauth_logs_never_contain_secrets(http, mock, fake_time):
         mock.post(f"{INSTANCE}/oauth/token").mock(
             side_effect=[httpx.Response(500), httpx.Response(200, json=TOKEN_ANSWER)]
         )
-        await refresh_access_token(http, make_settings(), "old-REFRESH", sleep=fake_time.sleep)
+        await refresh_access_token(http, make_settings(), "old-REFRESH")
     finally:
         logger.remove(sink)
     text = "\n".join(lines)
