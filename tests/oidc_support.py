@@ -85,7 +85,9 @@ def forge_none(payload: dict[str, Any], kid: str) -> str:
 
 def forge_hs256(payload: dict[str, Any], key: RsaKey) -> str:
     """Algorithm confusion: HS256 keyed with the *public* key's PEM (which anyone can fetch)."""
-    signing_input = f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': key.kid})}.{_segment(payload)}"
+    signing_input = (
+        f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': key.kid})}.{_segment(payload)}"
+    )
     mac = hmac.new(key.public_pem(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(mac)}"
 

@@ -515,9 +515,23 @@ async def live_leases(session: AsyncSession) -> list[SyncLease]:
 
 
 async def create_poll_run(
-    session: AsyncSession, run_id: str, trigger: str, started_at: datetime
+    session: AsyncSession,
+    run_id: str,
+    trigger: str,
+    started_at: datetime,
+    *,
+    auth_method: str | None = None,
+    auth_email: str | None = None,
 ) -> None:
-    session.add(PollRun(id=run_id, trigger=trigger, started_at=started_at))
+    session.add(
+        PollRun(
+            id=run_id,
+            trigger=trigger,
+            started_at=started_at,
+            auth_method=auth_method,
+            auth_email=auth_email,
+        )
+    )
     await session.flush()
 
 

@@ -15,7 +15,7 @@ from app.db import repository as repo
 from app.db.models import utcnow
 from app.logging import redact
 from app.sync.deps import SyncDeps
-from app.sync.results import PollSummary, UserResult, summarize
+from app.sync.results import PollSummary, RunAuth, UserResult, summarize
 from app.sync.user_sync import sync_user
 
 ProgressCallback = Callable[[UserResult, int, int], None]
@@ -65,11 +65,13 @@ async def run_poll(
     trigger: str = "api",
     manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
+    auth: RunAuth | None = None,
 ) -> PollOutcome:
     """Sync every user with monitored projects, or the given users.
 
     Naming users is a manual refresh (users synced within MIN_REFRESH_INTERVAL are skipped
     as "fresh") unless `manual=False` says the caller is a schedule fanning out per user.
+    `auth` (how an /api/poll caller authenticated) is recorded with the run and summary.
     """
     settings = deps.settings
     run_id = uuid.uuid4().hex
@@ -83,7 +85,14 @@ async def run_poll(
     try:
         try:
             async with deps.sessionmaker() as s, s.begin():
-                await repo.create_poll_run(s, run_id, trigger, started_at)
+                await repo.create_poll_run(
+                    s,
+                    run_id,
+                    trigger,
+                    started_at,
+                    auth_method=auth.method if auth else None,
+                    auth_email=auth.email if auth else None,
+                )
                 if user_ids is None:
                     targets = [u.id for u in await repo.users_to_poll(s)]
                 else:
@@ -106,6 +115,7 @@ async def run_poll(
                     started_at=started_at,
                     duration_ms=round((perf_counter() - t0) * 1000),
                     error="database unavailable",
+                    auth=auth,
                 ),
                 status_code=503,
                 retry_after=30,
@@ -147,6 +157,7 @@ async def run_poll(
             started_at=started_at,
             duration_ms=duration_ms,
             error=error,
+            auth=auth,
         )
         status_code = 503 if detector.down else 200
         await _finish(deps, summary, status_code, log)
