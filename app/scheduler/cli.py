@@ -11,6 +11,7 @@ import typer
 from app.scheduler.config import (
     SAMPLE_SERVICE_URL,
     SchedulerConfigError,
+    apply_auth,
     check,
     effective_cron,
     fill_placeholders,
@@ -62,8 +63,17 @@ def render(
         bool,
         typer.Option("--show-secret", help="Print the signing key instead of a mask"),
     ] = False,
+    # --- OIDC (issue 11): the option; the logic is config.apply_auth ---
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="oidc: Google-signed ID tokens, no secret in the job (recommended); bearer: "
+            "the static signing key header. Default: as the file says (oidc)",
+        ),
+    ] = None,
 ) -> None:
-    """Print the job file with ${SERVICE_URL} and ${SIGNING_KEY} filled in, for gcloud."""
+    """Print the job file with its placeholders filled in, for gcloud."""
     from app.cli import settings_or_exit
 
     try:
@@ -72,6 +82,10 @@ def render(
         _problems_exit(file or "scheduler.yaml", exc.problems)
         raise
     settings = settings_or_exit()
+    try:  # OIDC (issue 11): the --auth flags, ${OIDC_SERVICE_ACCOUNT}, audience vs settings
+        source = apply_auth(source, auth, settings, url)
+    except SchedulerConfigError as exc:
+        _problems_exit(source.origin, exc.problems)
     values: dict[str, str] = {}
     missing: list[str] = []
     if "SERVICE_URL" in source.placeholders:
