@@ -107,7 +107,8 @@ async def authenticate_caller(settings: Settings, request: Request, raw_body: by
                 headers={"Retry-After": str(exc.retry_after)},
             ) from None
         except OIDCError as exc:
-            logger.bind(check=exc.check).info("OIDC token refused")
+            # The check and, once the signature verified, the refused claim: never the token.
+            logger.bind(check=exc.check, **exc.log_fields).info("OIDC token refused")
             raise _unauthorized(exc.check, str(exc)) from None
         logger.bind(email=verified.email).debug("OIDC caller accepted")
         return RunAuth(method="oidc", email=verified.email)

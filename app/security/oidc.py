@@ -70,11 +70,16 @@ _MESSAGES = {
 
 
 class OIDCError(Exception):
-    """An ID token was not accepted; ``check`` is a stable machine-readable reason."""
+    """An ID token was not accepted; ``check`` is a stable machine-readable reason.
 
-    def __init__(self, check: str) -> None:
+    ``log_fields`` carries the refused claim (issuer, audience or e-mail) for the operator's
+    log line, never for the response; claims are only looked at once the signature verified.
+    """
+
+    def __init__(self, check: str, **log_fields: str) -> None:
         self.check = check
         self.message = _MESSAGES.get(check, "token not accepted")
+        self.log_fields = {k: v[:200] for k, v in log_fields.items()}
         super().__init__(self.message)
 
 
@@ -276,12 +281,13 @@ def check_claims(claims: Mapping[str, Any], policy: OIDCPolicy, *, now: float) -
     """The claim checks of an ID token whose signature is already verified."""
     issuer = claims.get("iss")
     if not isinstance(issuer, str) or issuer not in policy.issuers:
-        raise TokenRejected("bad_issuer")
+        raise TokenRejected("bad_issuer", **({"issuer": issuer} if isinstance(issuer, str) else {}))
     audience = claims.get("aud")
     # Google ID tokens carry one audience, as a string; a list is not what Cloud Scheduler
     # sends, and accepting one would accept tokens minted for several services at once.
     if not isinstance(audience, str) or audience not in policy.audiences:
-        raise TokenRejected("bad_audience")
+        seen = audience if isinstance(audience, str) else type(audience).__name__
+        raise TokenRejected("bad_audience", audience=seen)
 
     exp = _number(claims, "exp")
     iat = _number(claims, "iat")
@@ -299,7 +305,7 @@ def check_claims(claims: Mapping[str, Any], policy: OIDCPolicy, *, now: float) -
     if not isinstance(email, str) or not email:
         raise TokenRejected("missing_claim")
     if email.strip().lower() not in policy.service_accounts:
-        raise TokenRejected("email_not_allowed")
+        raise TokenRejected("email_not_allowed", email=email)
     # Google sends the JSON boolean; older Google tokens spelled it as the string "true".
     if claims.get("email_verified") not in (True, "true"):
         raise TokenRejected("email_not_verified")

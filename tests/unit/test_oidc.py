@@ -204,3 +204,17 @@ def test_errors_are_typed_and_say_nothing_secret():
     assert unavailable.retry_after == 30 and unavailable.check == "keys_unavailable"
     for check in oidc._MESSAGES:
         assert "eyJ" not in OIDCError(check).message
+
+
+def test_refused_claims_are_kept_for_the_log_not_the_message(key, keys):
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(aud="https://typo.example")), keys)
+    assert info.value.log_fields == {"audience": "https://typo.example"}
+    assert "typo" not in str(info.value)
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(email="someone@else.iam.gserviceaccount.com")), keys)
+    assert info.value.log_fields == {"email": "someone@else.iam.gserviceaccount.com"}
+    # Before the signature verified, nothing from the token is kept.
+    with pytest.raises(TokenRejected) as info:
+        verify(tamper(sign(key, claims()), aud="https://typo.example"), keys)
+    assert info.value.log_fields == {}
