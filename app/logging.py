@@ -155,6 +155,11 @@ _PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     ),
     (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/-]+=*"), rf"\1{REDACTED}"),
     (re.compile(r"\bsignkey-[\w-]+"), REDACTED),
+    # A JWT anywhere (an OIDC ID token without its "Bearer"): header.payload.signature.
+    (
+        re.compile(r"\beyJ[A-Za-z0-9_-]{4,4096}\.[A-Za-z0-9_-]{4,16384}\.[A-Za-z0-9_-]{0,4096}"),
+        REDACTED,
+    ),
     (re.compile(r"\bgl(?:pat|oas|dt|rt|ptt|ft|imt|cbt|soat|agent|ffct|wt)-[\w.-]{8,}"), REDACTED),
     # Passwords in URLs: scheme://user:password@host
     (

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,12 +22,16 @@ Keeps a database of GitLab activity (issues, merge requests, comments) fresh for
 user's monitored projects. A scheduler POSTs a signed request to `/api/poll` every
 10 minutes; the service syncs users concurrently and answers with a summary.
 
-Authenticate with `X-Inngest-Signature` (Inngest-style HMAC) or
-`Authorization: Bearer <INNGEST_SIGNING_KEY>` (Cloud Scheduler, Vercel Cron, curl).
+Authenticate with `X-Inngest-Signature` (Inngest-style HMAC),
+`Authorization: Bearer <Google ID token>` (Cloud Scheduler with OIDC, when OIDC_AUDIENCES is
+set) or `Authorization: Bearer <INNGEST_SIGNING_KEY>` (Vercel Cron, curl).
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The app; `clock` (unix seconds) judges OIDC token times and the JWKS cache (tests)."""
     if settings is None:
         try:
             settings = get_settings()
@@ -38,12 +43,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, clock=clock) as runtime:
             app.state.runtime = runtime
             app.state.sessionmaker = runtime.sessionmaker
             app.state.sync_deps = runtime.sync
+            if settings.oidc_enabled:
+                logger.bind(
+                    audiences=settings.oidc_audiences,
+                    service_accounts=settings.oidc_service_accounts,
+                    jwks_url=settings.oidc_jwks_url,
+                ).info("OIDC ID tokens accepted on /api/poll")
             if not settings.signing_keys():
-                if settings.allow_unsigned_polls:
+                if settings.oidc_enabled:
+                    logger.info(
+                        "no INNGEST_SIGNING_KEY configured: /api/poll accepts OIDC ID tokens only"
+                    )
+                elif settings.allow_unsigned_polls:
                     logger.warning(
                         "!!! ALLOW_UNSIGNED_POLLS is on and no signing key is set: ANYONE who "
                         "can reach /api/poll can trigger polls. Development only. !!!"

@@ -1,4 +1,4 @@
-"""The one composition root: engine, sessionmaker, GitLab HTTP client and sync dependencies.
+"""The one composition root: engine, sessionmaker, HTTP client, sync deps, OIDC verifier.
 
 The API lifespan (`app/main.py`), every CLI command and the Inngest functions take what they
 need from a `Runtime`; the built-in scheduler's client for calling the service itself comes
@@ -7,13 +7,15 @@ from `create_loopback_client`. Nothing else constructs an engine or an HTTP clie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from app.auth.oidc import OIDCVerifier
 from app.db.engine import create_engine, create_sessionmaker
 from app.gitlab.transport import create_http_client
 from app.settings import Settings
@@ -26,6 +28,9 @@ class Runtime:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker
     http: httpx.AsyncClient
+    # Verifies Cloud Scheduler's OIDC ID tokens on /api/poll; None when OIDC_AUDIENCES is empty.
+    # Its JWKS cache lives as long as the process and fetches through `http`.
+    oidc: OIDCVerifier | None = None
 
     @property
     def sync(self) -> SyncDeps:
@@ -33,8 +38,14 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Build the process's resources; close them (HTTP pools, then the engine) on exit."""
+async def open_runtime(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Runtime]:
+    """Build the process's resources; close them (HTTP pools, then the engine) on exit.
+
+    `clock` (unix seconds) is what token expiry and the JWKS cache are judged by; tests pass
+    a fake one to move time instead of sleeping.
+    """
     engine = create_engine(settings)
     http = create_http_client(settings)
     try:
@@ -43,6 +54,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             http=http,
+            oidc=OIDCVerifier.from_settings(settings, http, clock=clock),
         )
     finally:
         try:

@@ -12,11 +12,17 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gitlab-insights.db"
+# Google's ID-token issuers and published signing keys (Cloud Scheduler's OIDC tokens).
+GOOGLE_OIDC_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+GOOGLE_OIDC_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 PositiveFloat = Annotated[float, Field(ge=0)]
+# A comma-separated list in the environment (`a,b`), a list in code; not JSON-decoded.
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -57,6 +63,11 @@ class Settings(BaseSettings):
     signature_max_age_seconds: int = Field(300, ge=1, le=3600)
     max_request_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024)
     allow_unsigned_polls: bool = False
+    # OIDC ID tokens (Cloud Scheduler's --oidc-*): empty audiences = OIDC off.
+    oidc_audiences: CommaList = []
+    oidc_service_accounts: CommaList = []
+    oidc_jwks_url: str = GOOGLE_OIDC_JWKS_URL
+    oidc_issuers: CommaList = list(GOOGLE_OIDC_ISSUERS)
 
     # --- the run ----------------------------------------------------------------------
     inngest_polling_cron: str = "*/10 * * * *"
@@ -126,10 +137,58 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v if v and v.strip() else None
 
+    @field_validator("oidc_audiences", "oidc_service_accounts", "oidc_issuers", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list | tuple):
+            # Order kept, blanks and repeats dropped: "a, b,,a" -> ["a", "b"].
+            return list(dict.fromkeys(str(x).strip() for x in v if str(x).strip()))
+        return v
+
+    @field_validator("oidc_service_accounts")
+    @classmethod
+    def _check_service_accounts(cls, v: list[str]) -> list[str]:
+        for email in v:
+            local, at, domain = email.partition("@")
+            if not (local and at and "." in domain) or any(c.isspace() for c in email):
+                raise ValueError(
+                    f"'{email}' is not a service account e-mail such as "
+                    "scheduler@PROJECT.iam.gserviceaccount.com"
+                )
+        return list(dict.fromkeys(e.lower() for e in v))
+
+    @field_validator("oidc_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+            return v.strip()  # a local key server (tests, a sidecar)
+        if parts.scheme != "https" or not parts.netloc:
+            raise ValueError("must be an https URL (http only for 127.0.0.1 or localhost)")
+        return v.strip()
+
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
         if self.gitlab_backoff_max < self.gitlab_backoff_base:
             raise ValueError("GITLAB_BACKOFF_MAX must be at least GITLAB_BACKOFF_BASE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.oidc_audiences and not self.oidc_service_accounts:
+            raise ValueError(
+                "OIDC_SERVICE_ACCOUNTS is required when OIDC_AUDIENCES is set (the service "
+                "account e-mails whose ID tokens may call /api/poll)"
+            )
+        if self.oidc_service_accounts and not self.oidc_audiences:
+            raise ValueError(
+                "OIDC_SERVICE_ACCOUNTS is set but OIDC_AUDIENCES is empty, so OIDC is off: "
+                "set OIDC_AUDIENCES to the job's --oidc-token-audience"
+            )
+        if self.oidc_audiences and not self.oidc_issuers:
+            raise ValueError("OIDC_ISSUERS must not be empty when OIDC_AUDIENCES is set")
         return self
 
     # --- derived ----------------------------------------------------------------------
@@ -148,6 +207,11 @@ class Settings(BaseSettings):
             and self.gitlab_oauth_client_secret
             and self.gitlab_oauth_redirect_uri
         )
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """OIDC ID tokens are accepted on /api/poll (OIDC_AUDIENCES is set)."""
+        return bool(self.oidc_audiences)
 
     def signing_keys(self) -> list[str]:
         """Configured signing keys, primary first. Empty when polls are unsigned."""

@@ -55,14 +55,15 @@ def make_settings(
 class LiveServer:
     """The real app under uvicorn on 127.0.0.1, in a thread with its own event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
+        """`app_options` go to create_app (e.g. `clock=` for OIDC tests)."""
         from app.main import create_app
 
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(settings),
+            create_app(settings, **app_options),
             host="127.0.0.1",
             port=self.port,
             log_config=None,

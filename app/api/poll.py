@@ -9,10 +9,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
+from app.api.deps import (
+    NO_RETRY_HEADERS,
+    SettingsDep,
+    SyncDepsDep,
+    authenticate_caller,
+    read_bounded_body,
+)
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
-from app.sync.results import PollSummary
+from app.sync.results import PollSummary, RunAuth
 
 router = APIRouter(tags=["poll"])
 
@@ -84,20 +90,25 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
     summary="Run a full poll (for cron services that can only send GET, e.g. Vercel Cron)",
     description=(
         "The same as POST with an empty body. Vercel Cron sends `Authorization: Bearer "
-        "$CRON_SECRET`: set CRON_SECRET to the signing key. A signed request signs the empty body."
+        "$CRON_SECRET`: set CRON_SECRET to the signing key. A signed request signs the empty "
+        "body. A Cloud Scheduler OIDC ID token is accepted too (OIDC_AUDIENCES)."
     ),
     response_model=PollSummary,
     responses={
         401: {"model": ErrorBody, "description": "Missing or bad credentials"},
-        503: {"model": PollSummary, "description": "Database unreachable or GitLab down"},
+        503: {
+            "model": PollSummary,
+            "description": "Database unreachable or GitLab down, or the OIDC signing keys "
+            "cannot be fetched (then `detail` says so)",
+        },
     },
 )
 async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
-    check_caller(settings, request, raw)
+    auth = await authenticate_caller(settings, request, raw)
     if raw.strip():
         return _invalid("GET /api/poll takes no body; POST a body instead")
-    return await _run(request, deps, PollRequest())
+    return await _run(request, deps, PollRequest(), auth)
 
 
 @router.post(
@@ -105,16 +116,22 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
     summary="Run a poll now (scheduler or manual refresh)",
     description=(
         "Authenticate with `X-Inngest-Signature: t=<unix>&s=<hex>` (HMAC-SHA256 over the "
-        "RFC 8785 canonical body + t, keyed with INNGEST_SIGNING_KEY or its fallback) or with "
-        "`Authorization: Bearer <signing key>`. Answers 200 when the run completed, even if "
-        "some users failed; 503 with Retry-After when it could not run."
+        "RFC 8785 canonical body + t, keyed with INNGEST_SIGNING_KEY or its fallback), with "
+        "`Authorization: Bearer <Google ID token>` (Cloud Scheduler OIDC; OIDC_AUDIENCES, "
+        "OIDC_SERVICE_ACCOUNTS) or with `Authorization: Bearer <signing key>`. Answers 200 "
+        "when the run completed, even if some users failed; 503 with Retry-After when it "
+        "could not run."
     ),
     response_model=PollSummary,
     responses={
         401: {"model": ErrorBody, "description": "Missing or bad credentials"},
         413: {"model": ErrorBody, "description": "Body too large"},
         422: {"model": ErrorBody, "description": "Body is not a valid poll request"},
-        503: {"model": PollSummary, "description": "Database unreachable or GitLab down"},
+        503: {
+            "model": PollSummary,
+            "description": "Database unreachable or GitLab down, or the OIDC signing keys "
+            "cannot be fetched (then `detail` says so)",
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -125,15 +142,17 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
 )
 async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
-    check_caller(settings, request, raw)  # before anything parses the body
+    auth = await authenticate_caller(settings, request, raw)  # before anything parses the body
     parsed = parse_poll_request(raw)
     if isinstance(parsed, JSONResponse):
         return parsed
-    return await _run(request, deps, parsed)
+    return await _run(request, deps, parsed, auth)
 
 
-async def _run(request: Request, deps: SyncDeps, parsed: PollRequest) -> JSONResponse:
-    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=_trigger(request))
+async def _run(
+    request: Request, deps: SyncDeps, parsed: PollRequest, auth: RunAuth
+) -> JSONResponse:
+    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=_trigger(request), auth=auth)
     headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
     return JSONResponse(
         outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from app import metrics
 from app.api.deps import get_sessionmaker, require_caller
 from app.db import repository as repo
+from app.sync.results import RunAuth
 
 router = APIRouter()
 
@@ -77,12 +78,15 @@ class SyncStatus(BaseModel):
     tags=["status"],
     summary="Last sync per user, each project's cursor and last error, recent run success",
     response_model=SyncStatus,
-    responses={401: {"description": "Missing or bad credentials"}},
+    responses={
+        401: {"description": "Missing or bad credentials"},
+        503: {"description": "The OIDC signing keys cannot be fetched (OIDC callers only)"},
+    },
 )
 async def sync_status(
     request: Request,
     sessionmaker: SessionmakerDep,
-    _caller: Annotated[str, Depends(require_caller)],
+    _caller: Annotated[RunAuth, Depends(require_caller)],
     # No NUL: PostgreSQL text cannot hold it (the query would fail with a 500).
     user_id: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$")] = None,
 ) -> SyncStatus:

@@ -15,6 +15,7 @@ from app.scheduler.config import (
     SchedulerConfigError,
     SchedulerFile,
     SchedulerJob,
+    apply_auth,
     check,
     effective_cron,
     fill_placeholders,
@@ -68,10 +69,23 @@ def render(
         bool,
         typer.Option("--show-secret", help="Print the signing key instead of a mask"),
     ] = False,
+    # --- OIDC (issue 11): the option; the logic is config.apply_auth ---
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="oidc: Google-signed ID tokens, no secret in the job (recommended); bearer: "
+            "the static signing key header. Default: as the file says (oidc)",
+        ),
+    ] = None,
 ) -> None:
-    """Print the job file with ${SERVICE_URL} and ${SIGNING_KEY} filled in, for gcloud."""
+    """Print the job file with its placeholders filled in, for gcloud."""
     source = locate_or_exit(file)
     settings = settings_or_exit()
+    try:  # OIDC (issue 11): the --auth flags, ${OIDC_SERVICE_ACCOUNT}, audience vs settings
+        source = apply_auth(source, auth, settings, url)
+    except SchedulerConfigError as exc:
+        fail_all(source.origin, exc.problems)
     values: dict[str, str] = {}
     missing: list[str] = []
     if "SERVICE_URL" in source.placeholders:

@@ -235,5 +235,9 @@ class PollRun(Base):
     events_stored: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
     events_updated: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # How the /api/poll caller authenticated (inngest_signature, bearer, oidc, unsigned) and,
+    # for OIDC, the service account's e-mail; NULL for runs started in-process (migration 0003).
+    auth_method: Mapped[str | None] = mapped_column(sa.Text)
+    auth_email: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (sa.Index("poll_run_started_at_idx", "started_at"),)

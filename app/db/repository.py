@@ -122,6 +122,24 @@ async def users_by_ids(session: AsyncSession, user_ids: Sequence[str]) -> dict[s
     return {r[0]: UserToPoll(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()}
 
 
+async def users_without_token(session: AsyncSession, user_ids: Sequence[str]) -> set[str]:
+    """The users among `user_ids` a sync would skip as `no_token`: no GitLab account, or an
+    empty access token on the account `get_gitlab_account` picks (the newest)."""
+    ids = list(dict.fromkeys(user_ids))
+    has_token: dict[str, bool] = {}
+    token_length = sa.func.coalesce(sa.func.length(Account.accessToken), 0)
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        stmt = (
+            sa.select(Account.userId, token_length)
+            .where(Account.userId.in_(ids[start : start + 500]))
+            .where(Account.providerId == GITLAB_PROVIDER)
+            .order_by(Account.userId, Account.updatedAt.desc())
+        )
+        for user_id, length in (await session.execute(stmt)).all():
+            has_token.setdefault(user_id, length > 0)  # the first row is the newest account
+    return {uid for uid in ids if not has_token.get(uid, False)}
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return (await session.execute(sa.select(User).where(User.email == email))).scalar_one_or_none()
 
@@ -531,9 +549,23 @@ async def live_leases(session: AsyncSession) -> list[SyncLease]:
 
 
 async def create_poll_run(
-    session: AsyncSession, run_id: str, trigger: str, started_at: datetime
+    session: AsyncSession,
+    run_id: str,
+    trigger: str,
+    started_at: datetime,
+    *,
+    auth_method: str | None = None,
+    auth_email: str | None = None,
 ) -> None:
-    session.add(PollRun(id=run_id, trigger=trigger, started_at=started_at))
+    session.add(
+        PollRun(
+            id=run_id,
+            trigger=trigger,
+            started_at=started_at,
+            auth_method=auth_method,
+            auth_email=auth_email,
+        )
+    )
     await session.flush()
 
 

@@ -140,20 +140,38 @@ def _requested_user_ids(data: Any) -> list[str] | None:
 
 
 async def list_targets(deps: SyncDeps, user_ids: Sequence[str] | None) -> dict[str, list[str]]:
-    """Users to fan out to: everyone with a monitored project, or the requested ones."""
+    """Users to fan out to: everyone with a monitored project, or the requested ones.
+
+    Users without a GitLab token are not fanned out: their user.sync run could only fail with
+    NonRetriableError, raising an Inngest failure alert every tick until they reconnect. They
+    are listed under `no_token` in the polling run's result instead.
+    """
     async with deps.sessionmaker() as s:
         if user_ids is None:
-            return {"user_ids": [u.id for u in await repo.users_to_poll(s)]}
+            everyone = [u.id for u in await repo.users_to_poll(s)]
+            tokenless = await repo.users_without_token(s, everyone)
+            return {
+                "user_ids": [u for u in everyone if u not in tokenless],
+                "no_token": [u for u in everyone if u in tokenless],
+            }
         known = await repo.users_by_ids(s, list(user_ids))
-    targets, not_found, no_projects = [], [], []
+        tokenless = await repo.users_without_token(s, [u for u in user_ids if u in known])
+    targets, not_found, no_projects, no_token = [], [], [], []
     for uid in user_ids:
         if uid not in known:
             not_found.append(uid)
         elif known[uid].project_count == 0:
             no_projects.append(uid)
+        elif uid in tokenless:
+            no_token.append(uid)
         else:
             targets.append(uid)
-    return {"user_ids": targets, "not_found": not_found, "no_projects": no_projects}
+    return {
+        "user_ids": targets,
+        "not_found": not_found,
+        "no_projects": no_projects,
+        "no_token": no_token,
+    }
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -251,7 +269,8 @@ def create_functions(
             "events_sent": len(user_ids),
             "batches": batches,
         }
-        for key in ("not_found", "no_projects"):
+        # Users skipped without a user.sync run, by reason.
+        for key in ("not_found", "no_projects", "no_token"):
             if targets.get(key):
                 result[key] = targets[key]
         return result

@@ -11,6 +11,7 @@ repository's scheduler.yaml.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -45,10 +46,23 @@ MAX_RETRY_COUNT = 5
 PLACEHOLDERS = {
     "SERVICE_URL": "the service's public base URL, e.g. https://insights.example.com",
     "SIGNING_KEY": "INNGEST_SIGNING_KEY, exactly as configured",
+    "OIDC_SERVICE_ACCOUNT": "the job's service account, one of OIDC_SERVICE_ACCOUNTS",
 }
 _PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Stands in for ${SERVICE_URL} when an unfilled template is validated.
 SAMPLE_SERVICE_URL = "https://service.example"
+SAMPLE_SERVICE_ACCOUNT = "scheduler@sample-project.iam.gserviceaccount.com"
+
+# How Cloud Scheduler authenticates to /api/poll (`scheduler render --auth`):
+# - oidc: a Google-signed ID token per call (--oidc-service-account-email, --oidc-token-audience);
+#   no secret in the job. Recommended.
+# - bearer: a static `Authorization: Bearer ${SIGNING_KEY}` header (the service's signing key).
+AUTH_METHODS = ("oidc", "bearer")
+OIDC_EMAIL_FLAG = "--oidc-service-account-email"
+OIDC_AUDIENCE_FLAG = "--oidc-token-audience"
+_OAUTH_FLAGS = ("--oauth-service-account-email", "--oauth-token-scope")
+BEARER_HEADER_VALUE = "Bearer ${SIGNING_KEY}"
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 # Flags `gcloud scheduler jobs create http` documents (plus gcloud-wide ones a flags file may
 # carry). Anything else in the file is a typo gcloud would reject.
@@ -182,6 +196,9 @@ class SchedulerJob(BaseModel):
     attempt_deadline: timedelta = timedelta(minutes=3)
     description: str | None = None
     retry: JobRetryConfig = JobRetryConfig()
+    oidc_service_account_email: str | None = None
+    oidc_token_audience: str | None = None
+    oauth_service_account_email: str | None = None
 
     @property
     def body(self) -> bytes:
@@ -308,6 +325,9 @@ def parse_flags(data: dict[str, Any]) -> SchedulerJob:
         attempt_deadline=duration("--attempt-deadline", timedelta(minutes=3)),
         description=text("--description"),
         retry=retry,
+        oidc_service_account_email=text(OIDC_EMAIL_FLAG),
+        oidc_token_audience=text(OIDC_AUDIENCE_FLAG),
+        oauth_service_account_email=text("--oauth-service-account-email"),
     )
     if problems:
         raise SchedulerConfigError(problems)
@@ -380,7 +400,11 @@ def load(source: SchedulerFile, values: dict[str, str] | None = None) -> Schedul
         names = ", ".join(f"${{{n}}}" for n in unknown)
         known = ", ".join(f"${{{n}}}" for n in PLACEHOLDERS)
         raise SchedulerConfigError([f"unknown placeholder {names} (known: {known})"])
-    samples = {"SERVICE_URL": SAMPLE_SERVICE_URL, "SIGNING_KEY": "signkey-sample-0000"}
+    samples = {
+        "SERVICE_URL": SAMPLE_SERVICE_URL,
+        "SIGNING_KEY": "signkey-sample-0000",
+        "OIDC_SERVICE_ACCOUNT": SAMPLE_SERVICE_ACCOUNT,
+    }
     return parse_flags(_substitute(data, {**samples, **(values or {})}))
 
 
@@ -433,13 +457,7 @@ def job_problems(job: SchedulerJob) -> list[str]:
     elif job.http_method != "POST":
         problems.append(f"--http-method: /api/poll answers POST, not {job.http_method}")
 
-    auth = {k.lower(): v for k, v in job.headers.items()}.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        problems.append(
-            '--headers: needs Authorization: "Bearer ${SIGNING_KEY}" (/api/poll refuses '
-            "unauthenticated calls)"
-        )
+    problems += auth_problems(job)
     for name in job.headers:
         if name.lower().startswith(_RESERVED_HEADERS):
             problems.append(f"--headers: Cloud Scheduler sets or refuses '{name}'")
@@ -460,6 +478,158 @@ def job_problems(job: SchedulerJob) -> list[str]:
     if r.max_doublings < 0:
         problems.append(f"--max-doublings: {r.max_doublings} must not be negative")
     return problems
+
+
+def auth_problems(job: SchedulerJob) -> list[str]:
+    """The job authenticates one way: OIDC flags (recommended) or a static bearer header."""
+    problems: list[str] = []
+    auth = {k.lower(): v for k, v in job.headers.items()}.get("authorization")
+    oidc = job.oidc_service_account_email is not None or job.oidc_token_audience is not None
+    if job.oauth_service_account_email is not None:
+        problems.append(
+            "--oauth-service-account-email: sends a Google OAuth access token, which /api/poll "
+            f"does not accept; use {OIDC_EMAIL_FLAG} and {OIDC_AUDIENCE_FLAG}"
+        )
+    if auth is not None and oidc:
+        problems.append(
+            f"--headers: an Authorization header and {OIDC_EMAIL_FLAG} exclude each other "
+            "(Cloud Scheduler sends the ID token in Authorization): keep one"
+        )
+    elif auth is None and not oidc:
+        problems.append(
+            f"needs {OIDC_EMAIL_FLAG} and {OIDC_AUDIENCE_FLAG} (recommended), or --headers "
+            'Authorization: "Bearer ${SIGNING_KEY}" (/api/poll refuses unauthenticated calls)'
+        )
+    if oidc:
+        email = (job.oidc_service_account_email or "").strip()
+        if not email:
+            problems.append(
+                f"{OIDC_EMAIL_FLAG}: required with {OIDC_AUDIENCE_FLAG} (needs "
+                f"{OIDC_EMAIL_FLAG} and {OIDC_AUDIENCE_FLAG} together)"
+            )
+        elif not _EMAIL_RE.fullmatch(email):
+            problems.append(
+                f"{OIDC_EMAIL_FLAG}: '{email}' is not a service account e-mail such as "
+                "scheduler@PROJECT.iam.gserviceaccount.com"
+            )
+        audience = (job.oidc_token_audience or "").strip()
+        if not audience:
+            problems.append(
+                f"{OIDC_AUDIENCE_FLAG}: required with {OIDC_EMAIL_FLAG}: the service URL, "
+                "exactly as listed in the service's OIDC_AUDIENCES"
+            )
+        elif any(c.isspace() for c in audience):
+            problems.append(f"{OIDC_AUDIENCE_FLAG}: must not contain spaces")
+    elif auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            problems.append(
+                '--headers: needs Authorization: "Bearer ${SIGNING_KEY}" (/api/poll refuses '
+                "other schemes)"
+            )
+    return problems
+
+
+def file_auth(data: dict[str, Any]) -> str | None:
+    """The method a `--flag: value` map authenticates with: "oidc", "bearer" or None."""
+    if OIDC_EMAIL_FLAG in data or OIDC_AUDIENCE_FLAG in data:
+        return "oidc"
+    headers = data.get("--headers")
+    if isinstance(headers, dict) and any(str(k).lower() == "authorization" for k in headers):
+        return "bearer"
+    return None
+
+
+def with_auth_flags(data: dict[str, Any], auth: str) -> dict[str, Any]:
+    """The map with its authentication replaced by `auth`'s flags (placeholders unfilled)."""
+    if auth not in AUTH_METHODS:
+        raise SchedulerConfigError([f"--auth: '{auth}' is not one of {', '.join(AUTH_METHODS)}"])
+    headers = data.get("--headers", {})
+    if not isinstance(headers, dict):
+        raise SchedulerConfigError(["--headers: write the headers as a map to switch --auth"])
+    headers = {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
+    if auth == "bearer":
+        headers = {"Authorization": BEARER_HEADER_VALUE, **headers}
+    dropped = (OIDC_EMAIL_FLAG, OIDC_AUDIENCE_FLAG, *_OAUTH_FLAGS)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "--headers":
+            if headers:
+                out[key] = headers
+        elif key not in dropped:
+            out[key] = value
+    if "--headers" not in out and headers:
+        out["--headers"] = headers
+    if auth == "oidc":
+        out[OIDC_EMAIL_FLAG] = "${OIDC_SERVICE_ACCOUNT}"
+        out[OIDC_AUDIENCE_FLAG] = "${SERVICE_URL}"
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    # A JSON string is a YAML double-quoted scalar; placeholders stay inside the quotes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def dump_flags(data: dict[str, Any], header: str = "") -> str:
+    """A `--flag: value` map as a flags file: strings double-quoted, header maps indented."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {_yaml_scalar(v)}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {_yaml_scalar(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def apply_auth(
+    source: SchedulerFile, auth: str | None, settings: Settings, url: str | None = None
+) -> SchedulerFile:
+    """The file `scheduler render --auth AUTH` fills: `auth`'s flags (None: as the file says).
+
+    Switching method rewrites the file from its values (its comments are not kept). For OIDC
+    the service account is filled from OIDC_SERVICE_ACCOUNTS (the first one), and the audience
+    (`${SERVICE_URL}` from `url`, or a literal) must be one of OIDC_AUDIENCES: a job whose
+    tokens the service would refuse is an error here, not a 401 in production.
+    """
+    data = _load_mapping(source.text)
+    current = file_auth(data)
+    if auth is not None and auth != current:
+        data = with_auth_flags(data, auth)
+        note = f"{DEFAULT_FILE_NAME} for `gcloud scheduler jobs create http --flags-file`, "
+        note += f"rendered with --auth {auth} from {source.origin}."
+        source = SchedulerFile(dump_flags(data, note), source.origin)
+    if file_auth(data) != "oidc":
+        return source
+    problems: list[str] = []
+    values: dict[str, str] = {}
+    if "OIDC_SERVICE_ACCOUNT" in source.placeholders:
+        if settings.oidc_service_accounts:
+            values["OIDC_SERVICE_ACCOUNT"] = settings.oidc_service_accounts[0]
+        else:
+            problems.append(
+                "no value for ${OIDC_SERVICE_ACCOUNT}: set OIDC_SERVICE_ACCOUNTS and "
+                "OIDC_AUDIENCES as the service has them (or render --auth bearer)"
+            )
+    audience = str(data.get(OIDC_AUDIENCE_FLAG) or "")
+    if url and "${SERVICE_URL}" in audience:
+        audience = audience.replace("${SERVICE_URL}", service_base_url(url))
+    known = settings.oidc_audiences
+    if known and "${" not in audience and audience not in known:
+        problems.append(
+            f"{OIDC_AUDIENCE_FLAG}: '{audience}' is not in OIDC_AUDIENCES "
+            f"({', '.join(known)}): the service would refuse the job's tokens"
+        )
+    if problems:
+        raise SchedulerConfigError(problems)
+    return SchedulerFile(fill_placeholders(source.text, values), source.origin)
 
 
 def check(source: SchedulerFile) -> list[str]:
@@ -495,21 +665,24 @@ def effective_cron(job: SchedulerJob, settings: Settings) -> tuple[str, str]:
 DEFAULT_SCHEDULER_YAML = """\
 # The gitlab-insights polling job: a gcloud --flags-file (a YAML map of `--flag: value`).
 #
-#   gitlab-insights scheduler render --url https://insights.example.com --show-secret > job.yaml
+#   gitlab-insights scheduler render --url https://insights.example.com > job.yaml
 #   gcloud scheduler jobs create http gitlab-insights-poll --location=LOCATION --flags-file=job.yaml
 #
 # Placeholders (gcloud does not expand them: fill them first, with `gitlab-insights scheduler
 # render` as above, or with `envsubst < scheduler.yaml > job.yaml`):
-#   ${SERVICE_URL}  the service's public base URL, scheme included, no trailing slash,
-#                   e.g. https://insights.example.com or https://example.com/insights
-#   ${SIGNING_KEY}  the value of INNGEST_SIGNING_KEY exactly as configured (prefix included);
-#                   /api/poll accepts it as a static bearer secret because Cloud Scheduler
-#                   cannot compute a per-request HMAC. Keep job.yaml out of version control.
+#   ${SERVICE_URL}           the service's public base URL, scheme included, no trailing slash,
+#                            e.g. https://insights.example.com or https://example.com/insights;
+#                            also the audience of the job's ID tokens (OIDC_AUDIENCES)
+#   ${OIDC_SERVICE_ACCOUNT}  the service account the job's ID tokens are minted for, one of the
+#                            service's OIDC_SERVICE_ACCOUNTS
+#   ${SIGNING_KEY}           only with `render --auth bearer`: INNGEST_SIGNING_KEY exactly as
+#                            configured; keep such a job.yaml out of version control
 #
 # The built-in scheduler (`gitlab-insights serve --scheduler`) reads the same file: it fires on
 # --schedule (unless INNGEST_POLLING_CRON is set to something other than */10 * * * *), uses
 # --attempt-deadline as its request timeout and retries 5xx answers and timeouts with the
-# policy below. `gitlab-insights scheduler check` validates this file.
+# policy below (it signs its own calls; the authentication flags are for Cloud Scheduler).
+# `gitlab-insights scheduler check` validates this file.
 
 # Every 10 minutes (FR4 asks for 5 to 15), in UTC so DST never shifts or skips a run.
 --schedule: "*/10 * * * *"
@@ -519,10 +692,17 @@ DEFAULT_SCHEDULER_YAML = """\
 --uri: "${SERVICE_URL}/api/poll"
 --http-method: POST
 --headers:
-  Authorization: "Bearer ${SIGNING_KEY}"
   Content-Type: application/json
 # `{}` polls every user with a monitored project.
 --message-body: "{}"
+
+# Authentication: Cloud Scheduler sends a Google-signed OIDC ID token (RS256, an hour long)
+# for this service account with every call, so the job holds no secret. The service accepts
+# it when OIDC_AUDIENCES lists the audience and OIDC_SERVICE_ACCOUNTS the account.
+# `scheduler render --auth bearer` replaces these two flags with the static header
+# Authorization: "Bearer ${SIGNING_KEY}" (for schedulers without OIDC).
+--oidc-service-account-email: "${OIDC_SERVICE_ACCOUNT}"
+--oidc-token-audience: "${SERVICE_URL}"
 
 # A run answers when all users are synced; kept under the 10-minute interval so one attempt
 # never outlives the next scheduled run.

@@ -181,7 +181,7 @@ def verify_bearer(authorization: str | None, keys: Sequence[str]) -> None:
         raise SignatureError("bad_token")
 
 
-def _single_header(headers: Mapping[str, str], name: str) -> str | None:
+def single_header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive lookup that refuses a header sent twice (ambiguous credentials)."""
     items = headers.items()
     # Starlette's Headers.items() returns every raw pair, duplicates included.
@@ -202,11 +202,11 @@ def authenticate(
 ) -> str:
     """Verify the request; return the method used: "inngest_signature" or "bearer"."""
     _usable_keys(keys)
-    signature = _single_header(headers, SIGNATURE_HEADER)
+    signature = single_header(headers, SIGNATURE_HEADER)
     if signature is not None:
         verify_inngest_signature(signature, raw_body, keys, now=now, max_age=max_age)
         return "inngest_signature"
-    authorization = _single_header(headers, AUTHORIZATION_HEADER)
+    authorization = single_header(headers, AUTHORIZATION_HEADER)
     if authorization is None:
         raise SignatureError("missing_credentials")
     verify_bearer(authorization, keys)

@@ -19,7 +19,7 @@ from app.db import repository as repo
 from app.db.models import utcnow
 from app.logging import redact
 from app.sync.deps import SyncDeps
-from app.sync.results import PollSummary, UserResult, summarize
+from app.sync.results import PollSummary, RunAuth, UserResult, summarize
 from app.sync.user_sync import sync_user
 
 ProgressCallback = Callable[[UserResult, int, int], None]
@@ -69,13 +69,15 @@ async def run_poll(
     trigger: str = "api",
     manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
+    auth: RunAuth | None = None,
 ) -> PollOutcome:
     """Sync every user with monitored projects, or the given users.
 
     Naming users is a manual refresh (users synced within MIN_REFRESH_INTERVAL are skipped
     as "fresh") unless `manual=False` says the caller is a schedule fanning out per user.
+    `auth` (how an /api/poll caller authenticated) is recorded with the run and summary.
     """
-    run = _Run(deps, trigger, on_user_done)
+    run = _Run(deps, trigger, on_user_done, auth)
     metrics.RUNS_IN_PROGRESS.inc()
     try:
         try:
@@ -91,8 +93,15 @@ async def run_poll(
 class _Run:
     """One poll run: its id, its results so far, and the GitLab-down detector."""
 
-    def __init__(self, deps: SyncDeps, trigger: str, on_user_done: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        deps: SyncDeps,
+        trigger: str,
+        on_user_done: ProgressCallback | None,
+        auth: RunAuth | None,
+    ) -> None:
         self.deps = deps
+        self.auth = auth
         self.trigger = trigger
         self.on_user_done = on_user_done
         self.run_id = uuid.uuid4().hex
@@ -106,7 +115,14 @@ class _Run:
     async def start(self, user_ids: Sequence[str] | None) -> list[str]:
         """Record the run and choose its users; named users that cannot run are skipped."""
         async with self.deps.sessionmaker() as s, s.begin():
-            await repo.create_poll_run(s, self.run_id, self.trigger, self.started_at)
+            await repo.create_poll_run(
+                s,
+                self.run_id,
+                self.trigger,
+                self.started_at,
+                auth_method=self.auth.method if self.auth else None,
+                auth_email=self.auth.email if self.auth else None,
+            )
             if user_ids is None:
                 return [u.id for u in await repo.users_to_poll(s)]
             wanted = list(dict.fromkeys(user_ids))
@@ -186,6 +202,7 @@ class _Run:
             started_at=self.started_at,
             duration_ms=round((perf_counter() - self.t0) * 1000),
             error=error,
+            auth=self.auth,
         )
 
 

@@ -47,6 +47,21 @@ class UserResult(BaseModel):
     duration_ms: int = 0
 
 
+AuthMethodName = Literal["inngest_signature", "bearer", "oidc", "unsigned"]
+
+
+class RunAuth(BaseModel):
+    """How the caller that started a run authenticated (recorded with the run)."""
+
+    method: AuthMethodName = Field(
+        description=(
+            "inngest_signature (X-Inngest-Signature), bearer (static signing key), oidc "
+            "(a Google ID token), unsigned (ALLOW_UNSIGNED_POLLS, development)"
+        )
+    )
+    email: str | None = Field(None, description="The service account of an OIDC caller")
+
+
 class EventCounts(BaseModel):
     stored: int = 0
     updated: int = 0
@@ -65,7 +80,11 @@ class PollSummary(BaseModel):
                     "skipped": 1,
                     "total": 3,
                     "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                    "trigger": "scheduler",
+                    "trigger": "cloud_scheduler",
+                    "auth": {
+                        "method": "oidc",
+                        "email": "scheduler@my-project.iam.gserviceaccount.com",
+                    },
                     "started_at": "2026-11-29T12:00:00.000Z",
                     "duration_ms": 812,
                     "events": {"stored": 148, "updated": 3},
@@ -105,6 +124,10 @@ class PollSummary(BaseModel):
     total: int
     run_id: str
     trigger: str = "api"
+    auth: RunAuth | None = Field(
+        None,
+        description="How the /api/poll caller authenticated; null for other runs (CLI, Inngest)",
+    )
     started_at: datetime
     duration_ms: int
     events: EventCounts
@@ -120,6 +143,7 @@ def summarize(
     started_at: datetime,
     duration_ms: int,
     error: str | None = None,
+    auth: RunAuth | None = None,
 ) -> PollSummary:
     processed = sum(1 for r in results if r.status == "processed")
     failed = sum(1 for r in results if r.status == "failed")
@@ -133,6 +157,7 @@ def summarize(
         total=total,
         run_id=run_id,
         trigger=trigger,
+        auth=auth,
         started_at=started_at,
         duration_ms=duration_ms,
         events=EventCounts(

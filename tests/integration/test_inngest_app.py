@@ -829,3 +829,28 @@ async def test_user_sync_shares_the_lease_with_api_poll(db_url, fake_inngest) ->
             assert run.status == "completed"
             assert run.output["status"] == "skipped" and run.output["reason"] == "in_progress"
             assert await stored_events(app, uid) == []
+
+
+async def test_users_without_token_are_skipped_by_the_fan_out_not_failed(
+    db_url, fake_inngest
+) -> None:
+    # A tokenless user.sync run could only fail (NonRetriableError, an Inngest failure alert)
+    # every tick: the polling run reports such users itself and sends them no event.
+    with SimulatorServer(seed=5, users=1, projects=1, issues=2, merge_requests=1, notes=1) as sim:
+        settings = inngest_settings(db_url, sim.url)
+        async with running_app(settings) as (app, http):
+            users = await seed_world(app, sim)
+            [uid] = users
+            nobody = await seed_user(app, "nobody@example.com", None, [("1", "p", "g/p")])
+            empty = await seed_user(app, "empty@example.com", "", [("1", "p", "g/p")])
+            executor = Executor(http)
+            poll = await executor.run(POLLING, cron_event())
+            assert poll.status == "completed", poll.output
+            assert poll.output["users"] == 1 and poll.output["events_sent"] == 1
+            assert sorted(poll.output["no_token"]) == sorted([nobody, empty])
+            assert [e["data"]["user_id"] for e in fake_inngest.sent_events()] == [uid]
+
+            event = make_event(inngest_app.POLL_REQUESTED_EVENT, {"user_ids": [nobody, uid]})
+            manual = await executor.run(POLLING, event)
+            assert manual.status == "completed"
+            assert manual.output["no_token"] == [nobody] and manual.output["users"] == 1

@@ -93,6 +93,15 @@ FORMS = {
     "signkey_branch": ("k=signkey-branch-" + "1e" * 32 + ";", "1e" * 32),
     "glpat": ("token glpat-" + "Fake" * 5 + " used", "Fake" * 5),
     "url_password": ("postgresql://app:fakepassw0rd@db/x", "fakepassw0rd"),
+    # An OIDC ID token (JWT) without a Bearer in front: its payload and signature go.
+    "jwt": (
+        "id=eyJhbGciOiJSUzI1NiJ9.eyJlbWFpbCI6ImZha2VAeC5vcmcifQ.fakeSig_-123",
+        "eyJlbWFpbCI6ImZha2VAeC5vcmcifQ",
+    ),
+    "jwt_bare": (
+        "saw eyJhbGciOiJSUzI1NiJ9.eyJlbWFpbCI6ImZha2VAeC5vcmcifQ.fakeSig_-456 in a header",
+        "fakeSig_-456",
+    ),
 }
 
 

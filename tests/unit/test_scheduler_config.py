@@ -18,6 +18,8 @@ from app.settings import load_settings
 
 REPO_FILE = Path(__file__).resolve().parents[2] / "scheduler.yaml"
 KEY = "signkey-prod-" + "0123456789abcdef" * 2  # an obviously fake key
+SA = "poller@insights-prod.iam.gserviceaccount.com"
+OIDC_ENV = {"OIDC_AUDIENCES": "https://insights.example.com", "OIDC_SERVICE_ACCOUNTS": SA}
 
 # What `gcloud scheduler jobs create http --help` documents, with the value format of each
 # flag, written out here independently of app/scheduler/config.py.
@@ -71,7 +73,14 @@ GCLOUD_CREATE_HTTP_FLAGS = {
 @pytest.fixture
 def runner(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no ./scheduler.yaml: the packaged copy is used
-    for name in ("INNGEST_SIGNING_KEY", "SERVICE_URL", "INNGEST_POLLING_CRON", "DATABASE_URL"):
+    for name in (
+        "INNGEST_SIGNING_KEY",
+        "SERVICE_URL",
+        "INNGEST_POLLING_CRON",
+        "DATABASE_URL",
+        "OIDC_AUDIENCES",
+        "OIDC_SERVICE_ACCOUNTS",
+    ):
         monkeypatch.delenv(name, raising=False)
     r = CliRunner()
 
@@ -86,6 +95,8 @@ def _source(text: str) -> sc.SchedulerFile:
 
 
 GOOD = REPO_FILE.read_text(encoding="utf-8")
+# The shipped file switched to the static bearer header, as `render --auth bearer` does.
+BEARER = sc.dump_flags(sc.with_auth_flags(yaml.safe_load(GOOD), "bearer"))
 
 
 # --- the shipped file ----------------------------------------------------------------------
@@ -99,13 +110,18 @@ def test_embedded_copy_is_the_repository_file():
 def test_shipped_file_parses_and_passes_check():
     source = sc.locate(REPO_FILE)
     assert sc.check(source) == []
-    assert source.placeholders == ["SERVICE_URL", "SIGNING_KEY"]
-    job = sc.load(source, {"SERVICE_URL": "https://insights.example.com", "SIGNING_KEY": KEY})
+    assert source.placeholders == ["SERVICE_URL", "OIDC_SERVICE_ACCOUNT"]
+    job = sc.load(
+        source, {"SERVICE_URL": "https://insights.example.com", "OIDC_SERVICE_ACCOUNT": SA}
+    )
     assert job.schedule == "*/10 * * * *"
     assert job.time_zone == "Etc/UTC"
     assert job.uri == "https://insights.example.com/api/poll"
     assert job.http_method == "POST"
-    assert job.headers["Authorization"] == f"Bearer {KEY}"
+    # OIDC (recommended): Google-signed tokens, no secret in the job.
+    assert "Authorization" not in job.headers
+    assert job.oidc_service_account_email == SA
+    assert job.oidc_token_audience == "https://insights.example.com"
     assert job.body == b"{}"
     assert sc.MIN_ATTEMPT_DEADLINE <= job.attempt_deadline < timedelta(minutes=10)
     assert job.retry.retry_count == 3
@@ -157,7 +173,28 @@ def _with(old: str, new: str) -> str:
         (_with('"${SERVICE_URL}/api/poll"', '"ftp://host/api/poll"'), "not an http(s) URL"),
         (_with('"${SERVICE_URL}/api/poll"', '"${SERVICE_URL}/api/poll?x=1"'), "query"),
         (_with("--http-method: POST", "--http-method: GET"), "answers POST"),
-        (_with('Authorization: "Bearer ${SIGNING_KEY}"', "X-Other: a"), "Authorization"),
+        (_with('--oidc-service-account-email: "${OIDC_SERVICE_ACCOUNT}"', ""), "required with"),
+        (
+            _with('--oidc-service-account-email: "${OIDC_SERVICE_ACCOUNT}"', "").replace(
+                '--oidc-token-audience: "${SERVICE_URL}"', ""
+            ),
+            "needs --oidc-service-account-email and --oidc-token-audience",
+        ),
+        (_with('"${OIDC_SERVICE_ACCOUNT}"', '"poller"'), "not a service account e-mail"),
+        (_with('--oidc-token-audience: "${SERVICE_URL}"', ""), "--oidc-token-audience: required"),
+        (
+            _with('--oidc-token-audience: "${SERVICE_URL}"', '--oidc-token-audience: "a b"'),
+            "spaces",
+        ),
+        (
+            _with("Content-Type: application/json", 'Authorization: "Bearer ${SIGNING_KEY}"'),
+            "exclude each other",
+        ),
+        (
+            GOOD.replace("--oidc-service-account-email", "--oauth-service-account-email"),
+            "OAuth access token",
+        ),
+        (BEARER.replace('Authorization: "Bearer ', 'Authorization: "Basic '), "other schemes"),
         (_with("Content-Type: application/json", "X-CloudScheduler-Foo: a"), "sets or refuses"),
         (_with("--attempt-deadline: 540s", "--attempt-deadline: 10s"), "15s..30m"),
         (_with("--attempt-deadline: 540s", "--attempt-deadline: 31m"), "15s..30m"),
@@ -169,7 +206,7 @@ def _with(old: str, new: str) -> str:
         (_with("--max-doublings: 2", "--max-doublings: -1"), "must not be negative"),
         (GOOD + "--schedul: x\n", "not a flag of `gcloud scheduler jobs create http`"),
         (GOOD + "schedule: x\n", "written with their dashes"),
-        (GOOD.replace("${SIGNING_KEY}", "${SIGNING_KEYS}"), "unknown placeholder"),
+        (GOOD.replace("${OIDC_SERVICE_ACCOUNT}", "${OIDC_SA}"), "unknown placeholder"),
         ("--schedule: [unclosed\n", "not valid YAML"),
         ("- a\n- b\n", "YAML map"),
         (GOOD.replace("--uri:", "--url:"), "--uri: required"),
@@ -224,12 +261,18 @@ def test_retry_config_as_the_one_retry_policy():
 
 def test_fill_placeholders_keeps_comments_and_quotes_safely():
     tricky = 'signkey-x-a"b\\c'
-    filled = sc.fill_placeholders(GOOD, {"SERVICE_URL": "https://h.example", "SIGNING_KEY": tricky})
+    filled = sc.fill_placeholders(
+        BEARER, {"SERVICE_URL": "https://h.example", "SIGNING_KEY": tricky}
+    )
     data = yaml.safe_load(filled)
     assert data["--headers"]["Authorization"] == f"Bearer {tricky}"
     assert data["--uri"] == "https://h.example/api/poll"
+    assert sc.SchedulerFile(filled, "x").placeholders == []
+    filled = sc.fill_placeholders(
+        GOOD, {"SERVICE_URL": "https://h.example", "OIDC_SERVICE_ACCOUNT": SA}
+    )
     # The comments still explain the placeholders.
-    assert "#   ${SIGNING_KEY}" in filled
+    assert "#   ${OIDC_SERVICE_ACCOUNT}" in filled and "#   ${SIGNING_KEY}" in filled
     assert sc.SchedulerFile(filled, "x").placeholders == []
 
 
@@ -281,7 +324,13 @@ def test_check_command_problems(runner, tmp_path):
 
 def test_render_fills_and_masks(runner):
     r = runner(
-        "scheduler", "render", "--url", "https://insights.example.com", INNGEST_SIGNING_KEY=KEY
+        "scheduler",
+        "render",
+        "--auth",
+        "bearer",
+        "--url",
+        "https://insights.example.com",
+        INNGEST_SIGNING_KEY=KEY,
     )
     assert r.exit_code == 0, r.output
     assert KEY not in r.output
@@ -289,13 +338,14 @@ def test_render_fills_and_masks(runner):
     assert "--show-secret" in r.stderr
 
 
-def test_render_output_is_a_gcloud_flags_file(runner, tmp_path):
+@pytest.mark.parametrize("auth", [None, "oidc", "bearer"])
+def test_render_output_is_a_gcloud_flags_file(runner, tmp_path, auth):
+    args = ["scheduler", "render", "--show-secret", *(["--auth", auth] if auth else [])]
     r = runner(
-        "scheduler",
-        "render",
-        "--show-secret",
+        *args,
         INNGEST_SIGNING_KEY=KEY,
         SERVICE_URL="https://insights.example.com/",
+        **OIDC_ENV,
     )
     assert r.exit_code == 0, r.output
     data = yaml.safe_load(r.stdout)
@@ -304,10 +354,17 @@ def test_render_output_is_a_gcloud_flags_file(runner, tmp_path):
         assert flag in GCLOUD_CREATE_HTTP_FLAGS, f"{flag} is not a documented flag"
         assert GCLOUD_CREATE_HTTP_FLAGS[flag](value), f"{flag}: bad value {value!r}"
     assert data["--uri"] == "https://insights.example.com/api/poll"
-    assert data["--headers"]["Authorization"] == f"Bearer {KEY}"
+    if auth == "bearer":
+        assert data["--headers"]["Authorization"] == f"Bearer {KEY}"
+        assert "--oidc-service-account-email" not in data
+    else:
+        assert "Authorization" not in data["--headers"] and KEY not in r.stdout
+        assert data["--oidc-service-account-email"] == SA
+        assert data["--oidc-token-audience"] == "https://insights.example.com"
     assert data["--schedule"] == "*/10 * * * *"
     assert 0 <= data["--max-retry-attempts"] <= 5
-    assert "${" not in r.stdout.split("\n# Every", 1)[1]  # no placeholder left in values
+    values = [ln for ln in r.stdout.splitlines() if not ln.lstrip().startswith("#")]
+    assert "${" not in "\n".join(values)  # no placeholder left in values
     # What render prints passes check as is.
     out = tmp_path / "job.yaml"
     out.write_text(r.stdout)
@@ -318,7 +375,40 @@ def test_render_without_values_says_what_is_missing(runner):
     r = runner("scheduler", "render")
     assert r.exit_code == 1
     assert r.stdout == ""
+    assert "set OIDC_SERVICE_ACCOUNTS" in r.stderr
+    r = runner("scheduler", "render", **OIDC_ENV)
+    assert r.exit_code == 1 and "pass --url or set SERVICE_URL" in r.stderr
+    r = runner("scheduler", "render", "--auth", "bearer")
+    assert r.exit_code == 1
     assert "pass --url or set SERVICE_URL" in r.stderr
     assert "set INNGEST_SIGNING_KEY" in r.stderr
     r = runner("scheduler", "render", "--url", "not-a-url", INNGEST_SIGNING_KEY=KEY)
     assert r.exit_code == 1 and "not an http(s) URL" in r.stderr
+
+
+def test_render_refuses_an_audience_the_service_would_refuse(runner):
+    env = {**OIDC_ENV, "OIDC_AUDIENCES": "https://other.example"}
+    r = runner("scheduler", "render", "--url", "https://insights.example.com", **env)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert "'https://insights.example.com' is not in OIDC_AUDIENCES" in r.stderr
+    r = runner("scheduler", "render", "--auth", "basic", **OIDC_ENV)
+    assert r.exit_code == 1 and "not one of oidc, bearer" in r.stderr
+
+
+def test_switching_auth_back_and_forth_keeps_everything_else():
+    data = yaml.safe_load(GOOD)
+    bearer = sc.with_auth_flags(data, "bearer")
+    assert sc.file_auth(bearer) == "bearer" and sc.file_auth(data) == "oidc"
+    assert bearer["--headers"] == {
+        "Authorization": "Bearer ${SIGNING_KEY}",
+        "Content-Type": "application/json",
+    }
+    assert sc.with_auth_flags(bearer, "oidc") == data
+    assert yaml.safe_load(sc.dump_flags(bearer, "a\n\nb")) == bearer
+    assert sc.check(_source(BEARER)) == []
+    # An unchanged method keeps the file's text (and its comments).
+    settings = load_settings(
+        oidc_audiences="https://insights.example.com", oidc_service_accounts=SA
+    )
+    rendered = sc.apply_auth(sc.locate(REPO_FILE), "oidc", settings, "https://insights.example.com")
+    assert rendered.text == GOOD.replace('"${OIDC_SERVICE_ACCOUNT}"', f'"{SA}"')

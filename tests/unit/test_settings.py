@@ -90,3 +90,67 @@ def test_cli_bad_setting_exits_with_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "POLL_CONCURRENCY" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_oidc_settings_from_the_environment(monkeypatch):
+    for name in ("OIDC_AUDIENCES", "OIDC_SERVICE_ACCOUNTS", "OIDC_ISSUERS", "OIDC_JWKS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert not s.oidc_enabled and s.oidc_audiences == []
+    assert s.oidc_jwks_url == "https://www.googleapis.com/oauth2/v3/certs"
+    assert s.oidc_issuers == ["https://accounts.google.com", "accounts.google.com"]
+    monkeypatch.setenv(
+        "OIDC_AUDIENCES", " https://a.example , https://b.example,,https://a.example"
+    )
+    monkeypatch.setenv("OIDC_SERVICE_ACCOUNTS", "Poller@P.iam.gserviceaccount.com")
+    monkeypatch.setenv("OIDC_ISSUERS", "https://issuer.example")
+    monkeypatch.setenv("OIDC_JWKS_URL", "http://127.0.0.1:8080/certs")
+    s = load_settings()
+    assert s.oidc_enabled
+    assert s.oidc_audiences == ["https://a.example", "https://b.example"]
+    assert s.oidc_service_accounts == ["poller@p.iam.gserviceaccount.com"]
+    assert s.oidc_issuers == ["https://issuer.example"]
+    assert s.oidc_jwks_url == "http://127.0.0.1:8080/certs"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"OIDC_AUDIENCES": "https://a.example"}, "OIDC_SERVICE_ACCOUNTS is required"),
+        ({"OIDC_SERVICE_ACCOUNTS": "a@p.iam.gserviceaccount.com"}, "OIDC_AUDIENCES is empty"),
+        (
+            {"OIDC_AUDIENCES": "https://a.example", "OIDC_SERVICE_ACCOUNTS": "not-an-email"},
+            "OIDC_SERVICE_ACCOUNTS: 'not-an-email' is not a service account e-mail",
+        ),
+        ({"OIDC_JWKS_URL": "http://keys.example/certs"}, "OIDC_JWKS_URL: must be an https URL"),
+        (
+            {
+                "OIDC_AUDIENCES": "https://a.example",
+                "OIDC_SERVICE_ACCOUNTS": "a@p.iam.gserviceaccount.com",
+                "OIDC_ISSUERS": " , ",
+            },
+            "OIDC_ISSUERS must not be empty",
+        ),
+    ],
+)
+def test_bad_oidc_settings_are_one_line(monkeypatch, env, fragment):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_serve_refuses_audiences_without_service_accounts(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OIDC_AUDIENCES": "https://a.example"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from app.main import create_app; create_app()"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "OIDC_SERVICE_ACCOUNTS is required" in lines[0], proc.stderr
