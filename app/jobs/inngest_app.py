@@ -208,22 +208,51 @@ def outcome_result(user_id: str, outcome: PollOutcome, manual: bool) -> dict[str
 def create_functions(
     client: inngest.Inngest, settings: Settings, get_deps: GetDeps
 ) -> list[inngest.Function[Any]]:
+    """The app's two Inngest functions: the polling fan-out and one user's sync."""
+    return [
+        _polling_function(client, settings, get_deps),
+        _user_sync_function(client, settings, get_deps),
+    ]
+
+
+async def _on_polling_failure(ctx: inngest.Context) -> None:
+    # The inngest/function.failed event: the failed run's id, its error, its event.
+    data = ctx.event.data
+    error = _as_dict(data.get("error"))
+    logger.bind(
+        inngest_run_id=data.get("run_id"),
+        function_id=data.get("function_id"),
+        trigger_event=_as_dict(data.get("event")).get("name"),
+    ).error(
+        "{}: all retries exhausted: {}: {}",
+        POLLING_FN_ID,
+        error.get("name", "Error"),
+        error.get("message", ""),
+    )
+
+
+def _fan_out_events(
+    run_id: str, user_ids: list[str], *, manual: bool, trigger: str
+) -> list[list[inngest.Event]]:
+    """One user.sync event per user, in batches of FANOUT_BATCH_SIZE."""
     import inngest
 
-    async def on_polling_failure(ctx: inngest.Context) -> None:
-        # The inngest/function.failed event: the failed run's id, its error, its event.
-        data = ctx.event.data
-        error = _as_dict(data.get("error"))
-        logger.bind(
-            inngest_run_id=data.get("run_id"),
-            function_id=data.get("function_id"),
-            trigger_event=_as_dict(data.get("event")).get("name"),
-        ).error(
-            "{}: all retries exhausted: {}: {}",
-            POLLING_FN_ID,
-            error.get("name", "Error"),
-            error.get("message", ""),
+    events = [
+        inngest.Event(
+            name=USER_SYNC_EVENT,
+            # Inngest drops a repeated event id: a resent batch never syncs twice.
+            id=f"{run_id}-{uid}",
+            data={"user_id": uid, "manual": manual, "trigger": trigger, "poll_run_id": run_id},
         )
+        for uid in user_ids
+    ]
+    return [events[i : i + FANOUT_BATCH_SIZE] for i in range(0, len(events), FANOUT_BATCH_SIZE)]
+
+
+def _polling_function(
+    client: inngest.Inngest, settings: Settings, get_deps: GetDeps
+) -> inngest.Function[Any]:
+    import inngest
 
     @client.create_function(
         fn_id=POLLING_FN_ID,
@@ -233,7 +262,7 @@ def create_functions(
             inngest.TriggerEvent(event=POLL_REQUESTED_EVENT),
         ],
         retries=RETRIES,
-        on_failure=on_polling_failure,
+        on_failure=_on_polling_failure,
     )
     async def gitlab_api_polling(ctx: inngest.Context) -> dict[str, Any]:
         manual = ctx.event.name == POLL_REQUESTED_EVENT
@@ -245,35 +274,28 @@ def create_functions(
         targets = await ctx.step.run("list-users", list_users)
         user_ids: list[str] = targets["user_ids"]
         trigger = "manual" if manual else "cron"
-        batches = 0
-        for start in range(0, len(user_ids), FANOUT_BATCH_SIZE):
-            batches += 1
-            events = [
-                inngest.Event(
-                    name=USER_SYNC_EVENT,
-                    # Inngest drops a repeated event id: a resent batch never syncs twice.
-                    id=f"{ctx.run_id}-{uid}",
-                    data={
-                        "user_id": uid,
-                        "manual": manual,
-                        "trigger": trigger,
-                        "poll_run_id": ctx.run_id,
-                    },
-                )
-                for uid in user_ids[start : start + FANOUT_BATCH_SIZE]
-            ]
-            await ctx.step.send_event(f"fan-out-{batches}", events)
+        batches = _fan_out_events(ctx.run_id, user_ids, manual=manual, trigger=trigger)
+        for number, batch in enumerate(batches, 1):
+            await ctx.step.send_event(f"fan-out-{number}", batch)
         result: dict[str, Any] = {
             "trigger": trigger,
             "users": len(user_ids),
             "events_sent": len(user_ids),
-            "batches": batches,
+            "batches": len(batches),
         }
         # Users skipped without a user.sync run, by reason.
         for key in ("not_found", "no_projects", "no_token"):
             if targets.get(key):
                 result[key] = targets[key]
         return result
+
+    return gitlab_api_polling
+
+
+def _user_sync_function(
+    client: inngest.Inngest, settings: Settings, get_deps: GetDeps
+) -> inngest.Function[Any]:
+    import inngest
 
     @client.create_function(
         fn_id=USER_SYNC_FN_ID,
@@ -306,7 +328,7 @@ def create_functions(
         ).debug("inngest user sync finished")
         return outcome_result(user_id, outcome, manual)
 
-    return [gitlab_api_polling, gitlab_user_sync]
+    return gitlab_user_sync
 
 
 # --- serving -------------------------------------------------------------------------------
