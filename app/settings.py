@@ -18,6 +18,9 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./gitlab-insights.db"
 
 PositiveFloat = Annotated[float, Field(ge=0)]
 
+# The example signing key of .env.example: public, so never accepted as a real key.
+PLACEHOLDER_SIGNING_KEY = "signkey-test-replace-with-your-own-key"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -119,6 +122,16 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, v: object) -> object:
         if isinstance(v, str) and not v.strip():
             return None
+        return v
+
+    @field_validator("inngest_signing_key", "inngest_signing_key_fallback")
+    @classmethod
+    def _refuse_placeholder_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value().strip() == PLACEHOLDER_SIGNING_KEY:
+            raise ValueError(
+                "is the placeholder from .env.example, which anyone can read: set your own key "
+                "(e.g. signkey-prod-$(openssl rand -hex 32))"
+            )
         return v
 
     @field_validator("gitlab_oauth_client_id", "gitlab_oauth_redirect_uri", "inngest_dev")
