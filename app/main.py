@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from loguru import logger
 
 from app import __version__
-from app.api import poll, status
+from app.api import poll, runs, status
+from app.api.errors import install_error_handlers
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
 from app.runtime import open_runtime
@@ -23,6 +24,10 @@ user's monitored projects. A scheduler POSTs a signed request to `/api/poll` eve
 
 Authenticate with `X-Inngest-Signature` (Inngest-style HMAC) or
 `Authorization: Bearer <INNGEST_SIGNING_KEY>` (Cloud Scheduler, Vercel Cron, curl).
+
+Every 4xx/5xx answer has one shape: `{"error": "<code>", "detail": "<text>"}`, plus `check`
+(401: which authentication check failed) or `errors` (422: each invalid field). A database
+that cannot be reached answers 503 with `Retry-After` from every endpoint.
 """
 
 
@@ -69,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(poll.router)
     app.include_router(status.router)
+    app.include_router(runs.router)
+    install_error_handlers(app)
     # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
     mount_inngest(app, settings)
     return app
