@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from app import __version__
 from app.api import poll, runs, status
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_security_schemes
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
 from app.runtime import open_runtime
@@ -65,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 logger.info("gitlab-insights stopped")
 
-    app = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files shipped in fastapi-offline: no CDN.
+    app = FastAPIOffline(
         title="gitlab-insights",
         version=__version__,
         description=DESCRIPTION,
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(status.router)
     app.include_router(runs.router)
     install_error_handlers(app)
+    install_security_schemes(app)
     # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
     mount_inngest(app, settings)
     return app

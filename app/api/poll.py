@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from app.api.deps import NO_RETRY_HEADERS, SettingsDep, SyncDepsDep, check_caller, read_bounded_body
 from app.api.errors import FieldError, error_response, error_responses, invalid_request
+from app.api.openapi import SIGNED
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
 from app.sync.results import PollSummary
@@ -120,6 +121,7 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
     ),
     response_model=PollSummary,
     responses={**error_responses(401, 413, 422), 503: POLL_503},
+    openapi_extra=SIGNED,
 )
 async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
@@ -142,10 +144,11 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
     response_model=PollSummary,
     responses={**error_responses(401, 413, 415, 422), 503: POLL_503},
     openapi_extra={
+        **SIGNED,
         "requestBody": {
             "required": False,
             "content": {"application/json": {"schema": PollRequest.model_json_schema()}},
-        }
+        },
     },
 )
 async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.api.deps import get_sessionmaker, require_caller
 from app.api.errors import error_responses
+from app.api.openapi import SIGNED
 from app.db import repository as repo
 
 router = APIRouter(tags=["status"])
@@ -93,6 +94,7 @@ def _run(r: repo.RunRecord) -> Run:
     summary="Poll run history, newest first (trigger, timings, counts, status, error)",
     response_model=RunPage,
     responses=error_responses(401, 422, 503),
+    openapi_extra=SIGNED,
 )
 async def list_runs(
     sessionmaker: SessionmakerDep,

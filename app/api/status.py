@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from app import metrics
 from app.api.deps import get_sessionmaker, require_caller
 from app.api.errors import DATABASE_RETRY_AFTER_SECONDS, ErrorBody, error_responses
+from app.api.openapi import SIGNED
 from app.db import repository as repo
 
 router = APIRouter()
@@ -108,6 +109,7 @@ class SyncStatus(BaseModel):
     summary="Last sync per user, each project's cursor and last error, recent run success",
     response_model=SyncStatus,
     responses=error_responses(401, 422, 503),
+    openapi_extra=SIGNED,
 )
 async def sync_status(
     request: Request,
