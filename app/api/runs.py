@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -59,8 +59,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, run_id = raw.split("|", 1)
-        return datetime.fromisoformat(at), run_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        started = datetime.fromisoformat(at)
+        # Naive means UTC, as stored; out-of-range instants fail here, not in the database.
+        started = started.replace(tzinfo=started.tzinfo or UTC).astimezone(UTC)
+        return started, run_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise HTTPException(
             422, detail={"error": "invalid_request", "detail": "cursor: not a cursor we issued"}
         ) from None

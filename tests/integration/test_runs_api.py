@@ -82,8 +82,15 @@ async def test_runs_are_listed_newest_first_page_by_page(db_url) -> None:
                     break
             everything = (await c.get("/api/runs", headers=AUTH)).json()
 
-            bad = await c.get("/api/runs", params={"cursor": "bm90LWEtY3Vyc29y"}, headers=AUTH)
-            assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
+            import base64
+
+            for raw in (b"not-a-cursor", b"0001-01-01T00:00:00+01:00|x", b"\xff|x"):
+                cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+                bad = await c.get("/api/runs", params={"cursor": cursor}, headers=AUTH)
+                assert bad.status_code == 422, (raw, bad.text)
+                assert bad.json()["error"] == "invalid_request"
+            bad = await c.get("/api/runs", params={"cursor": "a"}, headers=AUTH)
+            assert bad.status_code == 422
 
     assert pages == 4
     assert everything["next_cursor"] is None and everything["runs"] == seen
