@@ -197,3 +197,36 @@ async def test_database_unreachable_from_the_start_answers_503(kind, tmp_path) -
         url = f"postgresql+asyncpg://gi:gi@127.0.0.1:9/gi_{uuid.uuid4().hex[:6]}"
     async with serve(create_app(make_settings(url, db_pool_timeout=5))) as c:
         await _assert_all_unavailable(c)
+
+
+async def test_the_built_in_scheduler_still_reports_what_went_wrong(sqlite_url, tmp_path) -> None:
+    """app/scheduler/runner.py reads `error` (else `detail`) of an error body: with the
+    shared shape it reports the code of a refused call and of a run that could not run."""
+    from app.scheduler.config import load, locate
+    from app.scheduler.runner import CronSchedule, PollScheduler
+
+    async def no_sleep(_seconds: float) -> None:
+        return None
+
+    async def fire(app: FastAPI, key: str):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport) as client:
+                sched = PollScheduler(
+                    job=load(locate()),
+                    schedule=CronSchedule("*/10 * * * *"),
+                    url="http://testserver/api/poll",
+                    signing_key=key,
+                    client=client,
+                    sleep=no_sleep,
+                )
+                return await sched.fire_once()
+
+    refused = await fire(create_app(make_settings(sqlite_url)), "signkey-test-" + "0b" * 32)
+    assert refused is not None and refused.status_code == 401 and refused.attempts == 1
+    assert refused.error == "HTTP 401: unauthorized"
+
+    down_url = f"sqlite+aiosqlite:///{tmp_path}/missing-dir/x.db"
+    down = await fire(create_app(make_settings(down_url)), SIGNING_KEY)
+    assert down is not None and down.status_code == 503
+    assert down.error == "HTTP 503: database_unavailable"
