@@ -17,6 +17,7 @@ USER insights
 ENV DATABASE_URL=sqlite+aiosqlite:////srv/data/gitlab-insights.db \
     LOG_FORMAT=json
 EXPOSE 8000
+VOLUME ["/srv/data"]
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"

@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from app import __version__
-from app.api import poll, status
+from app.api import poll, runs, status
+from app.api.errors import install_error_handlers
+from app.api.openapi import install_security_schemes
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
 from app.runtime import open_runtime
@@ -25,6 +28,10 @@ user's monitored projects. A scheduler POSTs a signed request to `/api/poll` eve
 Authenticate with `X-Inngest-Signature` (Inngest-style HMAC),
 `Authorization: Bearer <Google ID token>` (Cloud Scheduler with OIDC, when OIDC_AUDIENCES is
 set) or `Authorization: Bearer <INNGEST_SIGNING_KEY>` (Vercel Cron, curl).
+
+Every 4xx/5xx answer has one shape: `{"error": "<code>", "detail": "<text>"}`, plus `check`
+(401: which authentication check failed) or `errors` (422: each invalid field). A database
+that cannot be reached answers 503 with `Retry-After` from every endpoint.
 """
 
 
@@ -75,7 +82,8 @@ def create_app(
             finally:
                 logger.info("gitlab-insights stopped")
 
-    app = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files shipped in fastapi-offline: no CDN.
+    app = FastAPIOffline(
         title="gitlab-insights",
         version=__version__,
         description=DESCRIPTION,
@@ -84,6 +92,9 @@ def create_app(
     app.state.settings = settings
     app.include_router(poll.router)
     app.include_router(status.router)
+    app.include_router(runs.router)
+    install_error_handlers(app)
+    install_security_schemes(app)
     # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
     mount_inngest(app, settings)
     return app

@@ -24,6 +24,9 @@ PositiveFloat = Annotated[float, Field(ge=0)]
 # A comma-separated list in the environment (`a,b`), a list in code; not JSON-decoded.
 CommaList = Annotated[list[str], NoDecode]
 
+# The example signing key of .env.example: public, so never accepted as a real key.
+PLACEHOLDER_SIGNING_KEY = "signkey-test-replace-with-your-own-key"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -130,6 +133,16 @@ class Settings(BaseSettings):
     def _empty_secret_is_none(cls, v: object) -> object:
         if isinstance(v, str) and not v.strip():
             return None
+        return v
+
+    @field_validator("inngest_signing_key", "inngest_signing_key_fallback")
+    @classmethod
+    def _refuse_placeholder_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value().strip() == PLACEHOLDER_SIGNING_KEY:
+            raise ValueError(
+                "is the placeholder from .env.example, which anyone can read: set your own key "
+                "(e.g. signkey-prod-$(openssl rand -hex 32))"
+            )
         return v
 
     @field_validator("gitlab_oauth_client_id", "gitlab_oauth_redirect_uri", "inngest_dev")

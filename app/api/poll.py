@@ -16,6 +16,8 @@ from app.api.deps import (
     authenticate_caller,
     read_bounded_body,
 )
+from app.api.errors import FieldError, error_response, error_responses, invalid_request
+from app.api.openapi import SIGNED
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
 from app.sync.results import PollSummary, RunAuth
@@ -52,16 +54,47 @@ class PollRequest(BaseModel):
     )
 
 
-class ErrorBody(BaseModel):
-    error: str
-    check: str | None = None
-    detail: Any = None
+def _invalid(errors: list[FieldError] | str) -> JSONResponse:
+    if isinstance(errors, str):
+        errors = [FieldError(field="body", message=errors)]
+    return invalid_request(errors, headers=NO_RETRY_HEADERS)
 
 
-def _invalid(detail: Any) -> JSONResponse:
-    return JSONResponse(
-        {"error": "invalid_body", "detail": detail}, status_code=422, headers=NO_RETRY_HEADERS
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True  # curl --data-binary without -H, raw HTTP clients: JSON assumed
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
     )
+
+
+POLL_503: dict[str, Any] = {
+    "model": PollSummary,
+    "description": "The run could not run: database unreachable or GitLab down. The summary "
+    "with `error` (a code) and `detail`, the shared error shape; `Retry-After` says when to retry.",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    "content": {
+        "application/json": {
+            "example": {
+                "success": False,
+                "processed": 0,
+                "failed": 0,
+                "skipped": 0,
+                "total": 0,
+                "skipped_reasons": {},
+                "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
+                "trigger": "scheduler",
+                "started_at": "2026-11-29T12:00:00.000Z",
+                "duration_ms": 4,
+                "events": {"stored": 0, "updated": 0},
+                "users": [],
+                "error": "database_unavailable",
+                "detail": "the database is unreachable; the run did not start",
+            }
+        }
+    },
+}
 
 
 def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
@@ -79,7 +112,7 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
     except ValidationError as exc:
         return _invalid(
             [
-                {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+                FieldError(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"])
                 for e in exc.errors(include_url=False, include_input=False)
             ]
         )
@@ -94,14 +127,8 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
         "body. A Cloud Scheduler OIDC ID token is accepted too (OIDC_AUDIENCES)."
     ),
     response_model=PollSummary,
-    responses={
-        401: {"model": ErrorBody, "description": "Missing or bad credentials"},
-        503: {
-            "model": PollSummary,
-            "description": "Database unreachable or GitLab down, or the OIDC signing keys "
-            "cannot be fetched (then `detail` says so)",
-        },
-    },
+    responses={**error_responses(401, 413, 422), 503: POLL_503},
+    openapi_extra=SIGNED,
 )
 async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
@@ -120,29 +147,29 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
         "`Authorization: Bearer <Google ID token>` (Cloud Scheduler OIDC; OIDC_AUDIENCES, "
         "OIDC_SERVICE_ACCOUNTS) or with `Authorization: Bearer <signing key>`. Answers 200 "
         "when the run completed, even if some users failed; 503 with Retry-After when it "
-        "could not run."
+        "could not run (also when the OIDC signing keys cannot be fetched). Every 4xx/5xx "
+        "body carries `error` (a code) and `detail` (text)."
     ),
     response_model=PollSummary,
-    responses={
-        401: {"model": ErrorBody, "description": "Missing or bad credentials"},
-        413: {"model": ErrorBody, "description": "Body too large"},
-        422: {"model": ErrorBody, "description": "Body is not a valid poll request"},
-        503: {
-            "model": PollSummary,
-            "description": "Database unreachable or GitLab down, or the OIDC signing keys "
-            "cannot be fetched (then `detail` says so)",
-        },
-    },
+    responses={**error_responses(401, 413, 415, 422), 503: POLL_503},
     openapi_extra={
+        **SIGNED,
         "requestBody": {
             "required": False,
             "content": {"application/json": {"schema": PollRequest.model_json_schema()}},
-        }
+        },
     },
 )
 async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
     auth = await authenticate_caller(settings, request, raw)  # before anything parses the body
+    if raw.strip() and not _is_json(request.headers.get("content-type")):
+        return error_response(
+            415,
+            "unsupported_media_type",
+            "send the body as application/json (or an empty body)",
+            headers=NO_RETRY_HEADERS,
+        )
     parsed = parse_poll_request(raw)
     if isinstance(parsed, JSONResponse):
         return parsed

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app import metrics
 from app.api.deps import get_sessionmaker, require_caller
+from app.api.errors import DATABASE_RETRY_AFTER_SECONDS, ErrorBody, error_responses
+from app.api.openapi import SIGNED
 from app.db import repository as repo
 from app.sync.results import RunAuth
 
@@ -26,19 +28,48 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class NotReady(ErrorBody):
+    status: str = "unavailable"
+    database: str = Field(description="The class of the error the database raised")
+
+
 @router.get(
     "/readyz",
     tags=["health"],
     summary="The database is reachable",
-    responses={503: {"description": "Database unreachable"}},
+    responses={
+        503: {
+            "model": NotReady,
+            "description": "Database unreachable (with Retry-After)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": "database_unavailable",
+                        "detail": "the database is unreachable (OperationalError)",
+                        "status": "unavailable",
+                        "database": "OperationalError",
+                    }
+                }
+            },
+        }
+    },
 )
 async def readyz(sessionmaker: SessionmakerDep) -> JSONResponse:
     try:
         async with sessionmaker() as s:
             await repo.ping(s)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        name = type(exc).__name__
+        body = NotReady(
+            error="database_unavailable",
+            detail=f"the database is unreachable ({name})",
+            status="unavailable",
+            database=name,
+        )
         return JSONResponse(
-            {"status": "unavailable", "database": type(exc).__name__}, status_code=503
+            body.model_dump(exclude_none=True),
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
     return JSONResponse({"status": "ok", "database": "ok"})
 
@@ -78,10 +109,8 @@ class SyncStatus(BaseModel):
     tags=["status"],
     summary="Last sync per user, each project's cursor and last error, recent run success",
     response_model=SyncStatus,
-    responses={
-        401: {"description": "Missing or bad credentials"},
-        503: {"description": "The OIDC signing keys cannot be fetched (OIDC callers only)"},
-    },
+    responses=error_responses(401, 422, 503),
+    openapi_extra=SIGNED,
 )
 async def sync_status(
     request: Request,

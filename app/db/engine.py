@@ -6,11 +6,22 @@ from time import perf_counter
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app import metrics
 from app.settings import Settings
+
+# What a database that cannot be reached (down, dropped, pool exhausted) raises: a driver
+# error wrapped by SQLAlchemy, a pool timeout, or a socket error / timeout while connecting.
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    OSError,
+    TimeoutError,
+)
 
 
 class TimedPool(AsyncAdaptedQueuePool):

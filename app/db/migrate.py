@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,12 +153,26 @@ def _one_line(exc: BaseException, url: str) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _sqlite_workers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")}
+
+
+async def _let_failed_sqlite_connections_stop(before: set[threading.Thread]) -> None:
+    """aiosqlite stops a connection that failed to open on its worker thread, which then
+    reports to this event loop: keep the loop running until those threads have ended, or
+    they report to a closed loop ('Event loop is closed' in a thread, on stderr)."""
+    for thread in _sqlite_workers() - before:
+        await asyncio.to_thread(thread.join, 5)
+
+
 async def _with_connection(url: str, fn: Callable[[Connection], T]) -> T:
     engine = _engine(url)
+    workers = _sqlite_workers()
     try:
         try:
             conn = await engine.connect()
         except Exception as exc:
+            await _let_failed_sqlite_connections_stop(workers)
             raise MigrationError(
                 f"cannot connect to database {_safe_url(url)}: {_one_line(exc, url)}"
             ) from exc

@@ -607,6 +607,65 @@ async def recent_runs(session: AsyncSession, limit: int = 50) -> list[PollRun]:
     return list((await session.execute(stmt)).scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    trigger: str
+    auth: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    success: bool | None
+    status_code: int | None
+    total: int
+    processed: int
+    failed: int
+    skipped: int
+    events_stored: int
+    events_updated: int
+    error: str | None
+
+
+# How the caller authenticated, when the poll_run table records it.
+# TODO(oidc): the OIDC work may add this column (as `auth` or `auth_method`); it is read
+# only when the model has it, so /api/runs shows it from then on without another change.
+_RUN_AUTH_COLUMN = next((c for c in ("auth", "auth_method") if c in _table(PollRun).c), None)
+
+
+async def list_runs(
+    session: AsyncSession, *, limit: int, before: tuple[datetime, str] | None = None
+) -> list[RunRecord]:
+    """Runs newest first, at most `limit`, strictly older than the `(started_at, id)` key
+    `before` (keyset pagination: stable while new runs arrive)."""
+    table = _table(PollRun)
+    auth = table.c[_RUN_AUTH_COLUMN] if _RUN_AUTH_COLUMN else sa.null()
+    stmt = sa.select(
+        table.c.id,
+        table.c.trigger,
+        auth.label("auth"),
+        table.c.started_at,
+        table.c.finished_at,
+        table.c.success,
+        table.c.status_code,
+        table.c.total,
+        table.c.processed,
+        table.c.failed,
+        table.c.skipped,
+        table.c.events_stored,
+        table.c.events_updated,
+        table.c.error,
+    )
+    if before is not None:
+        at, run_id = before
+        stmt = stmt.where(
+            sa.or_(
+                table.c.started_at < at,
+                sa.and_(table.c.started_at == at, table.c.id < run_id),
+            )
+        )
+    stmt = stmt.order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)
+    return [RunRecord(**row._asdict()) for row in (await session.execute(stmt)).all()]
+
+
 async def last_successful_run_at(session: AsyncSession) -> datetime | None:
     stmt = sa.select(sa.func.max(PollRun.finished_at)).where(PollRun.success.is_(True))
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -19,6 +19,7 @@ when Inngest is not configured.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -88,9 +89,29 @@ def inngest_configured(settings: Settings) -> bool:
     return dev_mode(settings) or settings.inngest_signing_key is not None
 
 
-def create_client(settings: Settings) -> inngest.Inngest:
-    import logging
+class _DemoteUnauthorized(logging.Filter):
+    """The SDK logs every refused request (`unauthorized: ...`) at ERROR: an unsigned GET or
+    PUT from any scanner would fill the error log. A refused caller is a WARNING; every
+    other SDK error stays an ERROR."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("unauthorized:"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_DEMOTE_UNAUTHORIZED = _DemoteUnauthorized()
+
+
+def sdk_logger() -> logging.Logger:
+    """The stdlib logger handed to the SDK, with refused callers demoted to WARNING."""
+    log = logging.getLogger("inngest")
+    if _DEMOTE_UNAUTHORIZED not in log.filters:
+        log.addFilter(_DEMOTE_UNAUTHORIZED)
+    return log
+
+
+def create_client(settings: Settings) -> inngest.Inngest:
     import inngest
 
     dev = dev_mode(settings)
@@ -106,7 +127,7 @@ def create_client(settings: Settings) -> inngest.Inngest:
         api_base_url=origin,
         event_api_base_url=origin,
         # Routed into loguru (and its redaction) by app.logging's stdlib interception.
-        logger=logging.getLogger("inngest"),
+        logger=sdk_logger(),
     )
     fallback = settings.inngest_signing_key_fallback
     if fallback is not None and client.signing_key_fallback is None:

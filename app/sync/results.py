@@ -9,6 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 UserStatusName = Literal["processed", "failed", "skipped"]
 
+# Skips that are the service doing its job, not failures: the user was synced moments ago
+# (`fresh`, a manual refresh inside MIN_REFRESH_INTERVAL_SECONDS) or is being synced right
+# now by another run (`in_progress`). They count towards `success` like a processed user.
+DONE_SKIP_REASONS = frozenset({"fresh", "in_progress"})
+
+# Why a run could not run (the 503 answers): machine code -> human text.
+RUN_ERRORS: dict[str, str] = {
+    "database_unavailable": "the database is unreachable; the run did not start",
+    "gitlab_unavailable": "GitLab is unavailable: several users in a row failed with "
+    "GitLab errors, the rest were skipped",
+}
+
 
 class UserSkipped(Exception):
     """The user cannot be synced now for a reason that is not a failure (no token...)."""
@@ -79,6 +91,7 @@ class PollSummary(BaseModel):
                     "failed": 0,
                     "skipped": 1,
                     "total": 3,
+                    "skipped_reasons": {"no_token": 1},
                     "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
                     "trigger": "cloud_scheduler",
                     "auth": {
@@ -117,13 +130,29 @@ class PollSummary(BaseModel):
         }
     )
 
-    success: bool = Field(description="processed > 0 or total == 0, as the original job")
+    success: bool = Field(
+        description=(
+            "false only for a real failure: the run could not run (`error` set), or users were "
+            "to be synced and none was processed. Users skipped as `fresh` (synced within "
+            "MIN_REFRESH_INTERVAL_SECONDS) or `in_progress` (another run is syncing them) count "
+            "as done, like processed ones; they stay listed in `skipped` and `users[]` with "
+            "their reason. Otherwise: processed > 0 or total == 0, as the original job."
+        )
+    )
     processed: int
     failed: int
-    skipped: int
+    skipped: int = Field(description="Users skipped, for any reason (see skipped_reasons)")
     total: int
+    skipped_reasons: dict[str, int] = Field(
+        default_factory=dict,
+        description='How many users were skipped for each reason, e.g. {"fresh": 2}',
+    )
     run_id: str
-    trigger: str = "api"
+    trigger: str = Field(
+        "api",
+        description="Who started the run: scheduler, cloud_scheduler, inngest, vercel_cron, "
+        "api, cli",
+    )
     auth: RunAuth | None = Field(
         None,
         description="How the /api/poll caller authenticated; null for other runs (CLI, Inngest)",
@@ -132,7 +161,12 @@ class PollSummary(BaseModel):
     duration_ms: int
     events: EventCounts
     users: list[UserResult]
-    error: str | None = Field(None, description="Why the run could not run (503 only)")
+    error: str | None = Field(
+        None,
+        description="503 only: why the run could not run, as a code "
+        "(database_unavailable, gitlab_unavailable)",
+    )
+    detail: str | None = Field(None, description="503 only: the same, for a human")
 
 
 def summarize(
@@ -145,16 +179,31 @@ def summarize(
     error: str | None = None,
     auth: RunAuth | None = None,
 ) -> PollSummary:
+    """The run's summary. `error` (the run could not run) is a code or the poller's words
+    for one ("database unavailable"); the summary carries the code and a sentence."""
     processed = sum(1 for r in results if r.status == "processed")
     failed = sum(1 for r in results if r.status == "failed")
-    skipped = sum(1 for r in results if r.status == "skipped")
+    skipped_reasons: dict[str, int] = {}
+    for r in results:
+        if r.status == "skipped":
+            reason = r.reason or "unknown"
+            skipped_reasons[reason] = skipped_reasons.get(reason, 0) + 1
+    skipped = sum(skipped_reasons.values())
+    done = processed + sum(
+        n for reason, n in skipped_reasons.items() if reason in DONE_SKIP_REASONS
+    )
     total = len(results)
+    code = detail = None
+    if error is not None:
+        code = "_".join(error.strip().lower().split()) or "error"
+        detail = RUN_ERRORS.get(code, error)
     return PollSummary(
-        success=(processed > 0 or total == 0) and error is None,
+        success=(done > 0 or total == 0) and error is None,
         processed=processed,
         failed=failed,
         skipped=skipped,
         total=total,
+        skipped_reasons=skipped_reasons,
         run_id=run_id,
         trigger=trigger,
         auth=auth,
@@ -164,5 +213,6 @@ def summarize(
             stored=sum(r.stored for r in results), updated=sum(r.updated for r in results)
         ),
         users=results,
-        error=error,
+        error=code,
+        detail=detail,
     )

@@ -558,6 +558,29 @@ async def test_unsigned_and_badly_signed_calls_are_refused(sqlite_url, fake_inng
             assert (await s.execute(sa.select(sa.func.count()).select_from(PollRun))).scalar() == 0
 
 
+async def test_refused_unsigned_calls_are_warnings_not_errors(sqlite_url, fake_inngest) -> None:
+    """Scanners send unsigned GET/PUT /api/inngest all day: the SDK's `unauthorized` lines
+    are demoted to WARNING; the SDK's other errors stay ERROR."""
+    records: list[tuple[str, str]] = []
+    async with running_app(inngest_settings(sqlite_url)) as (_app, http):
+        sink = logger.add(
+            lambda m: records.append((m.record["level"].name, m.record["message"])),
+            level="DEBUG",
+        )
+        try:
+            assert (await http.get("/api/inngest")).status_code == 401
+            assert (await http.put("/api/inngest")).status_code == 401
+            assert (await http.post("/api/inngest", params={"fnId": POLLING})).status_code == 401
+            inngest_app.sdk_logger().error("a real SDK error")
+        finally:
+            logger.remove(sink)
+    refused = [(level, msg) for level, msg in records if msg.startswith("unauthorized:")]
+    assert len(refused) == 3, records
+    assert {level for level, _ in refused} == {"WARNING"}
+    assert ("ERROR", "a real SDK error") in records
+    assert not [r for r in records if r[0] == "ERROR" and r[1] != "a real SDK error"], records
+
+
 async def test_fallback_signing_key_is_accepted(sqlite_url, fake_inngest) -> None:
     settings = inngest_settings(
         sqlite_url,

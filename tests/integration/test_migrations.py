@@ -499,6 +499,23 @@ def test_unusable_sqlite_path_gives_migration_error(tmp_path: Any) -> None:
         upgrade_to_head(f"sqlite:///{tmp_path}/no/such/dir/x.db")
 
 
+def test_failed_sqlite_connect_leaves_no_thread_reporting_to_a_closed_loop(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosqlite's worker thread of a connection that failed to open used to outlive the
+    event loop and die with 'Event loop is closed' (seen as a warning in a later test)."""
+    import threading
+
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    with pytest.raises(MigrationError, match="cannot connect"):
+        upgrade_to_head(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_connection_worker_thread)"):
+            thread.join(5)
+    assert errors == []
+
+
 # --- UTCDateTime -------------------------------------------------------------------------
 
 

@@ -107,7 +107,7 @@ async def test_bad_credentials_are_refused_and_run_nothing(sqlite_url, case, che
         r = await c.post("/api/poll", content=content, headers=headers)
     assert r.status_code == 401
     assert r.headers["x-inngest-no-retry"] == "true"
-    assert r.json()["detail"]["check"] == check
+    assert r.json()["check"] == check
     assert SIGNING_KEY[13:] not in r.text
     assert runs(sqlite_url) == 0
 
@@ -116,7 +116,7 @@ async def test_no_key_configured_refuses_everything_unless_unsigned_allowed(sqli
     async with client_for(make_settings(sqlite_url, inngest_signing_key=None)) as c:
         r = await c.post("/api/poll", headers={"Authorization": "Bearer "})
         assert r.status_code == 401
-        assert r.json()["detail"]["check"] in ("no_key_configured", "missing_credentials")
+        assert r.json()["check"] in ("no_key_configured", "missing_credentials")
         r = await c.post("/api/poll")
         assert r.status_code == 401
     assert runs(sqlite_url) == 0
@@ -188,8 +188,37 @@ def test_gitlab_down_stops_the_run_with_503(db_url):
     reasons = [u["reason"] for u in s["users"]]
     assert reasons.count("gitlab_unavailable") == 3  # the rest were not started
     assert s["failed"] == 3 and s["skipped"] == 3 and s["success"] is False
+    # The shared error shape: a code and a sentence.
+    assert s["error"] == "gitlab_unavailable" and "GitLab" in s["detail"]
     assert query(db_url, 'SELECT count(*) FROM "LastSync"') == [(0,)]
     assert query(db_url, "SELECT count(*) FROM sync_cursor WHERE cursor_at IS NOT NULL") == [(0,)]
+
+
+def test_manual_refresh_of_a_fresh_user_is_a_success_that_names_the_skip(db_url):
+    import asyncio
+
+    with SimulatorServer(seed=8, users=2, projects=1, issues=2, merge_requests=1, notes=1) as sim:
+        uid = add_user(db_url, "u1@example.com", sim.token("user1"), [project_tuple(sim, 1)])
+        settings = make_settings(db_url, sim.url, min_refresh_interval_seconds=3600)
+        auth = {"Authorization": f"Bearer {SIGNING_KEY}"}
+
+        async def go():
+            async with client_for(settings) as c:
+                first = await c.post("/api/poll", json={"user_ids": [uid]}, headers=auth)
+                again = await c.post("/api/poll", json={"user_ids": [uid]}, headers=auth)
+                return first, again
+
+        first, again = asyncio.run(go())
+    assert first.status_code == 200 and first.json()["processed"] == 1
+    s = again.json()
+    assert again.status_code == 200
+    assert s["success"] is True  # skipping a user synced seconds ago is not a failure
+    assert (s["processed"], s["skipped"], s["failed"]) == (0, 1, 0)
+    assert s["skipped_reasons"] == {"fresh": 1}
+    assert [(u["user_id"], u["status"], u["reason"]) for u in s["users"]] == [
+        (uid, "skipped", "fresh")
+    ]
+    assert query(db_url, "SELECT success FROM poll_run ORDER BY started_at") == [(True,), (True,)]
 
 
 def test_transient_failure_retries_the_user_resuming_from_cursors(db_url):

@@ -154,3 +154,38 @@ def test_serve_refuses_audiences_without_service_accounts(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "OIDC_SERVICE_ACCOUNTS is required" in lines[0], proc.stderr
+def test_the_env_example_placeholder_key_is_refused_at_start_up(tmp_path):
+    """.env.example's signing key is public: `serve` with it stops with one line, exit 2."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / ".env.example").read_text()
+    assert "INNGEST_SIGNING_KEY=signkey-test-replace-with-your-own-key" in example
+    shutil.copy(root / ".env.example", tmp_path / ".env")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()  # reads ./.env (the fixture chdir'ed to tmp_path)
+    assert str(err.value).startswith("invalid configuration: INNGEST_SIGNING_KEY: ")
+    assert "placeholder" in str(err.value)
+    assert "replace-with-your-own-key" not in str(err.value)
+    with pytest.raises(ConfigurationError):
+        load_settings(
+            inngest_signing_key="signkey-prod-" + "ab" * 32,
+            inngest_signing_key_fallback="signkey-test-replace-with-your-own-key",
+        )
+    # The real start-up path: one line on stderr, non-zero exit, no traceback.
+    proc = subprocess.run(
+        [sys.executable, "-c", "from app.main import create_app; create_app()"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "INNGEST_SIGNING_KEY" in lines[0], proc.stderr
+    # Any other key starts.
+    (tmp_path / ".env").write_text(
+        example.replace("signkey-test-replace-with-your-own-key", "signkey-test-" + "1f" * 32)
+    )
+    assert load_settings().signing_keys() == ["signkey-test-" + "1f" * 32]
