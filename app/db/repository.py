@@ -122,8 +122,25 @@ async def users_by_ids(session: AsyncSession, user_ids: Sequence[str]) -> dict[s
     return {r[0]: UserToPoll(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()}
 
 
+def email_key(email: str) -> str:
+    """How e-mails are compared and stored by this service: trimmed and lower-cased."""
+    return email.strip().lower()
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
-    return (await session.execute(sa.select(User).where(User.email == email))).scalar_one_or_none()
+    """The user with this e-mail, compared case-insensitively.
+
+    Rows written by the original app may keep mixed case (and, its unique index being
+    case-sensitive, even two spellings of one address): the exact spelling wins, then the
+    first in e-mail order, so the answer is always the same.
+    """
+    stmt = (
+        sa.select(User)
+        .where(sa.func.lower(User.email) == email_key(email))
+        .order_by(sa.case((User.email == email.strip(), 0), else_=1), User.email)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalars().first()
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:
