@@ -329,6 +329,8 @@ _STDLIB_LEVELS = {
     "uvicorn.error": None,
     "uvicorn.access": None,
     "alembic": "INFO",
+    # "setup plugin alembic.autogenerate.*" seven times on import: set-up noise.
+    "alembic.runtime.plugins": "WARNING",
     "inngest": None,
     "sqlalchemy": "WARNING",
     "sqlalchemy.engine": "WARNING",

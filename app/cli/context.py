@@ -57,4 +57,4 @@ def run_in_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) 
     except CLIError as exc:
         fail(str(exc))
     except (DBAPIError, OSError) as exc:
-        fail(database_error_message(exc))
+        fail(database_error_message(exc, settings.database_url))
