@@ -64,7 +64,7 @@ class OneLineErrors(TyperGroup):
         except click_exc.ClickException as exc:
             typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        except (click_exc.Abort, typer.Abort):
+        except typer.Abort:
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -105,13 +105,39 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns under a dashed rule; `rows` must not be empty."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    typer.echo("  ".join("-" * w for w in widths))
+def stdout_console() -> Any:
+    """A rich console on the current stdout: colours only on a terminal, and no wrapping
+    when piped (a script reads whole rows)."""
+    import sys
+
+    from rich.console import Console
+
+    console = Console(file=sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console = Console(file=sys.stdout, highlight=False, width=10_000, no_color=True)
+    return console
+
+
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None
+) -> None:
+    """A table on stdout (rich): a header, a rule, one line per row; `rows` may be empty."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        *headers,
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+    )
     for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        table.add_row(*(Text(cell) for cell in row))  # cells are data, never markup
+    stdout_console().print(table, markup=False)
 
 
 def print_json(data: Any) -> None:

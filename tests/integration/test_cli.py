@@ -210,9 +210,7 @@ def test_lookups_ignore_case_even_for_mixed_case_rows_of_the_original_app(run, d
     assert "already exists" in one_line_error(
         run("users", "add", "--email", "grace@example.com", "--token", TOKEN)
     )
-    r = run(
-        "projects", "add", "--user", "GRACE@example.com", "42", "--name", "P", "--path", "g/p"
-    )
+    r = run("projects", "add", "--user", "GRACE@example.com", "42", "--name", "P", "--path", "g/p")
     assert r.exit_code == 0, r.output
     listing = run("projects", "list", "--user", "grace@EXAMPLE.com")
     assert listing.exit_code == 0 and "g/p" in listing.output, listing.output
@@ -246,8 +244,16 @@ def test_expired_token_that_cannot_be_refreshed_is_refused(run, monkeypatch, db_
     assert "in the past" in line and "--refresh-token" in line
     line = one_line_error(
         run(
-            "users", "add", "--email", "e@example.com", "--token", TOKEN,
-            "--expires-at", past, "--refresh-token", "refresh-abcdef-123",
+            "users",
+            "add",
+            "--email",
+            "e@example.com",
+            "--token",
+            TOKEN,
+            "--expires-at",
+            past,
+            "--refresh-token",
+            "refresh-abcdef-123",
         )  # fmt: skip
     )
     assert "in the past" in line and "GITLAB_OAUTH_" in line
