@@ -106,16 +106,15 @@ def iso(value: datetime | None) -> str | None:
 
 
 def stdout_console() -> Any:
-    """A rich console on the current stdout: colours only on a terminal, and no wrapping
-    when piped (a script reads whole rows)."""
+    """A rich console on the current stdout: colours only on a terminal, and never narrower
+    than what it prints (a table too wide for the terminal wraps like `ps` output does,
+    instead of losing cells or columns)."""
     import sys
 
     from rich.console import Console
 
-    console = Console(file=sys.stdout, highlight=False)
-    if not console.is_terminal:
-        console = Console(file=sys.stdout, highlight=False, width=10_000, no_color=True)
-    return console
+    terminal = Console(file=sys.stdout).is_terminal
+    return Console(file=sys.stdout, highlight=False, width=10_000, no_color=not terminal)
 
 
 def print_table(
