@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from app.cli.context import run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, print_table
+from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
+from app.cli.output import CLIError, print_table, warn
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -131,6 +131,9 @@ async def poll_once(
     finally:
         if progress is not None:
             progress.finish()
+    not_found = any(f.status == 404 for u in outcome.summary.users for f in u.failed_projects)
+    if not_found and (problem := await instance_url_problem(rt)) is not None:
+        warn(problem)  # every "project not found" may just be a wrong instance URL
     return outcome, names
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from app.cli.context import run_in_runtime, settings_or_exit
+from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
 from app.cli.output import CLIError, fail, print_table
 
 if TYPE_CHECKING:
@@ -49,23 +49,10 @@ def report(outcomes: list[Outcome]) -> None:
 
 
 async def check_api_root(rt: Runtime) -> None:
-    """After a 404: raise when GITLAB_INSTANCE_URL is not a GitLab API at all.
-
-    GitLab answers /api/v4/version with 200 (or 401 without a token); a wrong host or
-    sub-path answers 404. No token is sent: a wrong URL must not receive one.
-    """
-    import httpx
-
-    url = rt.settings.gitlab_api_url + "/version"
-    try:
-        response = await rt.http.get(url)
-    except httpx.HTTPError:
-        return
-    if response.status_code == 404:
-        raise CLIError(
-            f"GITLAB_INSTANCE_URL {rt.settings.gitlab_instance_url} looks wrong: "
-            f"its API root {rt.settings.gitlab_api_url} answers 404 (check the host and sub-path)"
-        )
+    """After a 404: raise when GITLAB_INSTANCE_URL is not a GitLab API at all."""
+    problem = await instance_url_problem(rt)
+    if problem is not None:
+        raise CLIError(problem)
 
 
 async def resolve_project(rt: Runtime, token: str, ref: str) -> tuple[str, str, str] | Outcome:

@@ -238,3 +238,15 @@ def test_runs_and_status_on_an_empty_database(run):
     r = CliRunner().invoke(root, ["status"], catch_exceptions=False)
     assert r.exit_code == 0
     assert "no runs yet" in r.stdout and "no users" in r.stdout
+
+
+def test_poll_names_a_wrong_instance_url(run, db_url, sim, monkeypatch):
+    seed(db_url, sim)
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url + "/gitlab")
+    r = run()
+    assert r.exit_code == 1
+    hint = [ln for ln in r.stderr.splitlines() if "looks wrong" in ln]
+    assert hint == [
+        f"warning: GITLAB_INSTANCE_URL {sim.url}/gitlab looks wrong: its API root "
+        f"{sim.url}/gitlab/api/v4 answers 404 (check the host and sub-path)"
+    ], r.stderr
