@@ -1,4 +1,9 @@
-"""Loguru, configured once: JSON lines or a pretty format, with secrets redacted.
+"""Loguru, configured once: JSON lines or a concise pretty format, with secrets redacted.
+
+LOG_FORMAT=auto (the default) picks pretty lines when the log stream is a terminal and JSON
+lines otherwise (files, pipes, containers, log collectors); `json` and `pretty` force one.
+While a command shows a live progress display, `log_lines_through(write)` hands every log
+line to that display's console, so the two never interleave on one line.
 
 Redaction runs in loguru's core patcher, i.e. on every record before any sink sees it:
 the message, every ``extra`` value (recursively; values under keys such as ``token`` or
@@ -20,7 +25,7 @@ import sys
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
@@ -237,25 +242,64 @@ def _json_line(record: Any) -> str:
 
 
 def _pretty_line(record: Any) -> str:
+    """`19:42:51 WARNING  message  key=value`: local time, for a person at a terminal."""
     extra = dict(record["extra"])
     exception = extra.pop("exception", None)
-    time = record["time"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    line = (
-        f"{time} | {record['level'].name:<8} | "
-        f"{record['name']}:{record['function']}:{record['line']} - {record['message']}"
-    )
+    time = record["time"].strftime("%H:%M:%S")
+    # Our own modules go unnamed; a library's line says whose it is (uvicorn.error: ...).
+    name = record["name"] or ""
+    source = "" if name == "app" or name.startswith(("app.", "__main__")) else f"{name}: "
+    line = f"{time} {record['level'].name:<8} {source}{record['message']}"
     if extra:
-        line += " | " + " ".join(f"{k}={v!r}" for k, v in extra.items())
+        line += "  " + " ".join(
+            f"{k}={v}" if isinstance(v, str) and v and " " not in v else f"{k}={v!r}"
+            for k, v in extra.items()
+        )
     if exception:
         line += "\n" + exception
     return line + "\n"
 
 
+# Where log lines go instead of the stream while a live display owns the terminal.
+_line_writer: Callable[[str], None] | None = None
+
+
+@contextlib.contextmanager
+def log_lines_through(write: Callable[[str], None]) -> Iterator[None]:
+    """Send every log line (newline included) to `write` until the block ends.
+
+    A command drawing a live progress display passes its console's printer here: the
+    display then prints each line above itself instead of being written over.
+    """
+    global _line_writer
+    previous, _line_writer = _line_writer, write
+    try:
+        yield
+    finally:
+        _line_writer = previous
+
+
+def resolve_format(log_format: str, stream: Any) -> str:
+    """`json` or `pretty`: `auto` is pretty on a terminal, JSON anywhere else."""
+    if log_format in ("json", "pretty"):
+        return log_format
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return "pretty" if callable(isatty) and isatty() else "json"
+    except ValueError:  # a closed stream
+        return "json"
+
+
 def _stream_sink(render: Any, stream: str) -> Any:
     def sink(message: Any) -> None:
         # The stream is looked up per write so a replaced one (tests, reloaders) works.
+        line = render(message.record)
+        writer = _line_writer
+        if writer is not None:
+            writer(line)
+            return
         out = sys.stderr if stream == "stderr" else sys.stdout
-        out.write(render(message.record))
+        out.write(line)
         out.flush()
 
     return sink
@@ -290,6 +334,8 @@ _STDLIB_LEVELS = {
     "uvicorn.error": None,
     "uvicorn.access": None,
     "alembic": "INFO",
+    # "setup plugin alembic.autogenerate.*" seven times on import: set-up noise.
+    "alembic.runtime.plugins": "WARNING",
     "inngest": None,
     "sqlalchemy": "WARNING",
     "sqlalchemy.engine": "WARNING",
@@ -324,7 +370,8 @@ def configure_logging(settings: Settings, *, stream: str = "stdout") -> None:
                 logger.remove(handler_id)
         _handler_ids.clear()
         logger.configure(patcher=_redact_record)
-        render = _json_line if settings.log_format == "json" else _pretty_line
+        fmt = resolve_format(settings.log_format, sys.stderr if stream == "stderr" else sys.stdout)
+        render = _json_line if fmt == "json" else _pretty_line
         _handler_ids.append(
             logger.add(
                 _stream_sink(render, stream),

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    log_format: Literal["json", "pretty"] = "json"
+    # auto: pretty lines on a terminal, JSON lines otherwise (pipes, files, containers).
+    log_format: Literal["auto", "json", "pretty"] = "auto"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -3,18 +3,22 @@
 Starts the GitLab simulator (seeded demo data) on a free loopback port, makes a fresh SQLite
 database in --dir, adds the simulator's users (with their tokens) and their projects, then
 runs the service with the built-in scheduler on a fast cron, plus one poll right away.
-Every poll's summary is printed; Ctrl-C stops everything and exits 0. No request ever leaves
+Every run is printed, whoever triggered it (the scheduler, a curl to /api/poll, `gitlab-insights
+poll`): the demo watches the service's poll_run table, and prints the "Event" row count read
+from the database with each. Ctrl-C stops everything and exits 0. No request ever leaves
 127.0.0.1: GITLAB_INSTANCE_URL is pointed at the simulator whatever the environment says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import secrets
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from datetime import datetime
@@ -56,12 +60,15 @@ def _fresh_database(directory: Path) -> str:
     return f"sqlite+aiosqlite:///{(directory / DB_NAME).resolve()}"
 
 
-async def _seed(settings: Any, world: dict[str, Any]) -> tuple[int, int]:
-    """Demo users (tokens from the simulator) and the projects each one is a member of."""
+async def _seed(settings: Any, world: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
+    """Demo users (tokens from the simulator) and the projects each one is a member of.
+
+    Returns each user's (e-mail, id) and the number of monitored projects."""
     from app.db import repository as repo
     from app.runtime import open_runtime
 
-    users = projects = 0
+    users: list[tuple[str, str]] = []
+    projects = 0
     async with open_runtime(settings) as rt, rt.sessionmaker() as s, s.begin():
         for u in world["users"]:
             user = await repo.create_user_with_account(
@@ -73,7 +80,7 @@ async def _seed(settings: Any, world: dict[str, Any]) -> tuple[int, int]:
                 expires_at=None,
                 gitlab_user_id=str(u["id"]),
             )
-            users += 1
+            users.append((user.email or "", user.id))
             for p in world["projects"]:
                 if u["id"] in p["members"]:
                     await repo.add_project(
@@ -108,27 +115,100 @@ class _Activity(threading.Thread):
             self.world.add_note(pid, "issue", issue.iid, f"A first comment on demo issue {n}.")
 
 
-class _Reporter:
-    """Prints every poll the scheduler makes."""
+_RUN_COLUMNS = (
+    "id, trigger, status_code, total, processed, failed, skipped, "
+    "events_stored, events_updated, error, started_at, finished_at"
+)
 
-    def __init__(self) -> None:
-        self.total_stored = 0
 
-    def __call__(self, r: Any) -> None:
-        stamp = datetime.now().strftime("%H:%M:%S")
-        s = r.summary or {}
-        if not r.ok:
-            say(f"[{stamp}] poll #{r.number} FAILED after {r.attempts} attempt(s): {r.error}")
-            return
-        stored = (s.get("events") or {}).get("stored", 0)
-        updated = (s.get("events") or {}).get("updated", 0)
-        self.total_stored += stored
-        say(
-            f"[{stamp}] poll #{r.number}: {s.get('processed', 0)} processed, "
-            f"{s.get('failed', 0)} failed, {s.get('skipped', 0)} skipped of {s.get('total', 0)} "
-            f"users; {stored} events stored, {updated} updated "
-            f"({self.total_stored} stored in total) in {s.get('duration_ms', 0)} ms"
+class _RunWatcher(threading.Thread):
+    """Prints every finished run in the service's poll_run table, whoever triggered it.
+
+    It reads the database file (read-only, stdlib sqlite3), never the service's code: a
+    scheduled poll, a curl to /api/poll and `gitlab-insights poll` all show up the same way,
+    each with the "Event" row count as the database has it.
+    """
+
+    def __init__(self, db_file: Path, every: float = 0.5) -> None:
+        super().__init__(name="demo-runs", daemon=True)
+        self.db_file = db_file
+        self.every = every
+        self.stopping = threading.Event()
+        self.seen: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every):
+            try:
+                self.report_new()
+            except sqlite3.Error:
+                continue  # busy or mid-migration: next round
+
+    def report_new(self) -> None:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.db_file}?mode=ro", uri=True, timeout=5)
+        ) as db:
+            rows = db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM poll_run "  # noqa: S608 - constant columns
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at, id"
+            ).fetchall()
+            fresh = [r for r in rows if r[0] not in self.seen]
+            if not fresh:
+                return
+            events = db.execute('SELECT count(*) FROM "Event"').fetchone()[0]
+        for r in fresh:
+            self.seen.add(r[0])
+            say(self.line(len(self.seen), r, events))
+
+    @staticmethod
+    def line(number: int, r: tuple[Any, ...], events: int) -> str:
+        (_id, trigger, code, total, processed, failed, skipped, stored, updated, error) = r[:10]
+        started, finished = (_parse_time(t) for t in r[10:12])
+        took = (
+            f" in {(finished - started).total_seconds() * 1000:.0f} ms"
+            if started and finished
+            else ""
         )
+        stamp = datetime.now().strftime("%H:%M:%S")
+        text = (
+            f"[{stamp}] poll #{number} ({trigger}, HTTP {code}): {processed} processed, "
+            f"{failed} failed, {skipped} skipped of {total} users; {stored} events stored, "
+            f"{updated} updated{took}; the Event table holds {events} rows"
+        )
+        return text + (f"; error: {error}" if error else "")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime) or value is None:
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def _report_failed_call(r: Any) -> None:
+    """The built-in scheduler's calls that got no answer at all (no run was recorded)."""
+    if not r.ok and not r.summary:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        say(f"[{stamp}] scheduler call #{r.number} FAILED after {r.attempts} attempt(s): {r.error}")
+
+
+def _service_app(settings: Any) -> Any:
+    """The service's app, built without the Inngest part's start-up lines.
+
+    The demo's signing key (for the built-in scheduler) also switches on /api/inngest, which
+    would warn that INNGEST_EVENT_KEY is not set: the demo does not use Inngest, so nothing
+    it needs is missing. Only the building of the app is silenced; later lines show.
+    """
+    from loguru import logger
+
+    from app.main import create_app
+
+    logger.disable("app.jobs")
+    try:
+        return create_app(settings)
+    finally:
+        logger.enable("app.jobs")
 
 
 def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * * *") -> int:
@@ -145,6 +225,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     sim = None
     activity = None
+    watcher = None
     try:
         _check_port(port)
         db_url = _fresh_database(Path(directory))
@@ -169,27 +250,40 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
         users, projects = asyncio.run(_seed(settings, sim.world.describe()))
         activity = _Activity(sim.world)
         activity.start()
-
-        say(f"GitLab simulator: {sim.url} ({users} users, {len(sim.world.projects)} projects)")
         db_file = Path(directory).resolve() / DB_NAME
-        say(f"database: {db_file} ({users} users, {projects} monitored projects)")
+        watcher = _RunWatcher(db_file)
+        watcher.start()
+
+        n = len(users)
+        say(f"GitLab simulator: {sim.url} ({n} users, {len(sim.world.projects)} projects)")
+        say(f"database: {db_file} ({n} users, {projects} monitored projects)")
+        for email, user_id in users:
+            say(f"  user {email}  id {user_id}")
         say(f"built-in scheduler: '{cron}' (UTC) plus one poll now")
         say(f"the simulator gains an issue with a comment every {ACTIVITY_EVERY:g} s")
+        say("every run is printed below, scheduled or manual, with what triggered it")
 
         def listening(base: str) -> None:
             say(f"gitlab-insights: {base} - open {base}/docs")
             say("manual refresh of everyone:")
             say(f"  curl -sS -X POST {base}/api/poll -H 'Authorization: Bearer {key}'")
+            say(f"manual refresh of {users[0][0]}:")
+            say(
+                f"  curl -sS -X POST {base}/api/poll -H 'Authorization: Bearer {key}' "
+                f"-H 'Content-Type: application/json' -d '{{\"user_ids\": [\"{users[0][1]}\"]}}'"
+            )
             say("Ctrl-C to stop.")
 
         options = RunnerOptions(
             fire_at_start=True,
-            on_result=_Reporter(),
+            on_result=_report_failed_call,
             on_listening=listening,
             graceful_shutdown_seconds=5,
         )
         try:
-            server = build_server(settings, host="127.0.0.1", port=port, options=options)
+            server = build_server(
+                settings, host="127.0.0.1", port=port, options=options, app=_service_app(settings)
+            )
         except SchedulerStartError as exc:
             raise DemoError(str(exc)) from None
         try:
@@ -208,6 +302,11 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
         if activity is not None:
             activity.stopping.set()
             activity.join(timeout=5)
+        if watcher is not None:
+            watcher.stopping.set()
+            watcher.join(timeout=5)
+            with contextlib.suppress(sqlite3.Error):
+                watcher.report_new()  # runs that finished during shutdown
         if sim is not None:
             sim.stop()
     say("demo stopped")

@@ -57,4 +57,24 @@ def run_in_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) 
     except CLIError as exc:
         fail(str(exc))
     except (DBAPIError, OSError) as exc:
-        fail(database_error_message(exc))
+        fail(database_error_message(exc, settings.database_url))
+
+
+async def instance_url_problem(rt: Runtime) -> str | None:
+    """One line when GITLAB_INSTANCE_URL is not a GitLab API at all, else None.
+
+    Asked after a 404: GitLab answers /api/v4/version with 200 (or 401 without a token),
+    while a wrong host or sub-path answers 404. No token is sent: a wrong URL must not get one.
+    """
+    import httpx
+
+    try:
+        response = await rt.http.get(rt.settings.gitlab_api_url + "/version")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 404:
+        return None
+    return (
+        f"GITLAB_INSTANCE_URL {rt.settings.gitlab_instance_url} looks wrong: its API root "
+        f"{rt.settings.gitlab_api_url} answers 404 (check the host and sub-path)"
+    )

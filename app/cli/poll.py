@@ -6,14 +6,15 @@ same run, the same summary and the same poll_run record (trigger "cli").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from app.cli.context import run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, print_table
+from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
+from app.cli.output import CLIError, print_table, warn
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -24,8 +25,12 @@ CLI_TRIGGER = "cli"
 
 
 class Progress:
-    """Users done of total and events stored, on stderr: one updating line on a terminal,
-    one line per user otherwise (logs, CI)."""
+    """Users done of total and events stored, on stderr.
+
+    On a terminal: a rich progress bar; log lines are printed above it through its console
+    (app.logging.log_lines_through), so a warning never lands in the middle of the bar.
+    Elsewhere (logs, CI): one plain line per user.
+    """
 
     def __init__(self, stream: TextIO, emails: dict[str, str]) -> None:
         self.stream = stream
@@ -33,36 +38,66 @@ class Progress:
         self.live = stream.isatty()
         self.stored = 0
         self.updated = 0
-        self._width = 0
+        self._bar: Any = None
+        self._task: Any = None
+        self._routing: contextlib.ExitStack | None = None
 
     def start(self) -> None:
-        self._write("polling...")
+        if not self.live:
+            self.stream.write("polling...\n")
+            self.stream.flush()
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        from app.logging import log_lines_through
+
+        console = Console(file=self.stream, force_terminal=True, highlight=False)
+        self._bar = Bar(
+            TextColumn("polling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("users done, {task.fields[stored]} events stored"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,  # gone before the summary is printed
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._task = self._bar.add_task("poll", total=None, stored=0)
+        self._routing = contextlib.ExitStack()
+
+        def print_log_line(line: str) -> None:
+            console.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+        self._routing.enter_context(log_lines_through(print_log_line))
+        self._bar.start()
 
     def __call__(self, result: UserResult, done: int, total: int) -> None:
         self.stored += result.stored
         self.updated += result.updated
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, stored=self.stored)
+            return
         counts = f"{done}/{total} users done, {self.stored} events stored"
-        if self.live:
-            self._write(f"polling: {counts}")
-        else:
-            who = self.emails.get(result.user_id, result.user_id)
-            why = f" ({result.reason})" if result.reason else ""
-            self.stream.write(f"  {who}: {result.status}{why}, +{result.stored}  [{counts}]\n")
-            self.stream.flush()
+        who = self.emails.get(result.user_id, result.user_id)
+        why = f" ({result.reason})" if result.reason else ""
+        self.stream.write(f"  {who}: {result.status}{why}, +{result.stored}  [{counts}]\n")
+        self.stream.flush()
 
     def finish(self) -> None:
-        if self.live and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-
-    def _write(self, line: str) -> None:
-        if not self.live:
-            self.stream.write(line + "\n")
-        else:
-            # Pad over the previous, possibly longer, line.
-            self.stream.write("\r" + line.ljust(self._width))
-            self._width = max(self._width, len(line))
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if self._routing is not None:
+            self._routing.close()
+            self._routing = None
 
 
 async def poll_once(
@@ -77,12 +112,16 @@ async def poll_once(
 
     async with rt.sessionmaker() as s:
         users = await repo.list_users(s)
-    by_email = {u.email: u.id for u in users if u.email}
+    # E-mails match regardless of case (the original app's rows may keep mixed case).
+    by_email: dict[str, str] = {}
+    for u in users:
+        if u.email:
+            by_email.setdefault(repo.email_key(u.email), u.id)
     wanted = list(dict.fromkeys(emails))
-    unknown = [e for e in wanted if e not in by_email]
+    unknown = [e for e in wanted if repo.email_key(e) not in by_email]
     if unknown:
         raise CLIError(f"no user with e-mail {', '.join(unknown)}")
-    ids = [by_email[e] for e in wanted] or None
+    ids = list(dict.fromkeys(by_email[repo.email_key(e)] for e in wanted)) or None
     names = {u.id: u.email or u.id for u in users}
     progress = Progress(progress_stream, names) if progress_stream is not None else None
     if progress is not None:
@@ -92,6 +131,9 @@ async def poll_once(
     finally:
         if progress is not None:
             progress.finish()
+    not_found = any(f.status == 404 for u in outcome.summary.users for f in u.failed_projects)
+    if not_found and (problem := await instance_url_problem(rt)) is not None:
+        warn(problem)  # every "project not found" may just be a wrong instance URL
     return outcome, names
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from app.cli.context import settings_or_exit
-from app.cli.output import fail
+from app.cli.output import database_error_message, fail
 from app.settings import Settings
 
 
@@ -18,7 +18,27 @@ def upgrade_or_exit(settings: Settings) -> str:
     try:
         return upgrade_to_head(settings.database_url)
     except MigrationError as exc:
+        if exc.connecting and exc.__cause__ is not None:
+            fail(database_error_message(exc.__cause__, settings.database_url, fallback=str(exc)))
         fail(str(exc))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line when host:port cannot be listened on (in use, not an address here).
+
+    Checked before anything starts, as uvicorn would bind it (SO_REUSEADDR); a race with
+    another process taking the port in between is left to uvicorn.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            fail(f"cannot listen on {host}:{port}: {reason.lower()}")
 
 
 def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
@@ -45,6 +65,7 @@ def serve(
 ) -> None:
     """Run the API server (uvicorn)."""
     settings = settings_or_exit()
+    check_port_free(host, port)
     if scheduler:
         from app.scheduler.runner import SchedulerStartError, build_scheduler
 
@@ -53,7 +74,9 @@ def serve(
         except SchedulerStartError as exc:
             fail(str(exc), code=2)
     if migrate:
-        upgrade_or_exit(settings)
+        from loguru import logger
+
+        logger.info("database: {}", upgrade_or_exit(settings))
     if scheduler:
         serve_with_scheduler(settings, host=host, port=port)
         return

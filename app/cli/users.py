@@ -8,13 +8,24 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.cli.context import run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, fail, iso, print_json, print_table
+from app.cli.output import CLIError, fail, iso, print_json, print_table, warn
 
 if TYPE_CHECKING:
     from app.db.repository import UserListing
     from app.runtime import Runtime
 
 users_cli = typer.Typer(help="Manage users and their GitLab tokens.", no_args_is_help=True)
+
+
+def normalized_email(value: str) -> str:
+    """A syntactically valid e-mail, lower-cased as it is stored (no DNS lookup)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        fail(f"--email: '{value.strip()}' is not a valid e-mail address: {exc}")
+    return checked.normalized.lower()
 
 
 def parse_expiry(value: str | None) -> datetime | None:
@@ -30,7 +41,9 @@ def parse_expiry(value: str | None) -> datetime | None:
 
 @users_cli.command("add")
 def add(
-    email: Annotated[str, typer.Option(help="The user's e-mail (unique)")],
+    email: Annotated[
+        str, typer.Option(help="The user's e-mail (unique regardless of case; stored lower-case)")
+    ],
     token: Annotated[
         str,
         typer.Option(
@@ -51,18 +64,35 @@ def add(
 
     from app.db import repository as repo
 
-    email = email.strip()
-    if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
-        fail(f"--email: '{email}' is not an e-mail address")
+    email = normalized_email(email)
     if not token.strip():
         fail("--token: must not be empty")
     when = parse_expiry(expires_at)
     settings = settings_or_exit()
+    if refresh_token is not None:
+        refresh_token = refresh_token.strip() or None
+    can_refresh = refresh_token is not None and settings.oauth_refresh_configured
+    if when is not None and when <= datetime.now(UTC) and not can_refresh:
+        why = (
+            "GITLAB_OAUTH_CLIENT_ID/_SECRET/_REDIRECT_URI are not all set"
+            if refresh_token is not None
+            else "no --refresh-token was given"
+        )
+        fail(
+            f"--expires-at {iso(when)} is in the past and the token cannot be refreshed "
+            f"({why}): pass a current token"
+        )
+    if refresh_token is not None and not settings.oauth_refresh_configured:
+        warn(
+            "--refresh-token is stored but cannot be used until GITLAB_OAUTH_CLIENT_ID, "
+            "GITLAB_OAUTH_CLIENT_SECRET and GITLAB_OAUTH_REDIRECT_URI are set"
+        )
 
     async def work(rt: Runtime) -> str:
         async with rt.sessionmaker() as s, s.begin():
-            if await repo.get_user_by_email(s, email) is not None:
-                raise CLIError(f"a user with e-mail {email} already exists")
+            existing = await repo.get_user_by_email(s, email)  # case-insensitive
+            if existing is not None:
+                raise CLIError(f"a user with e-mail {existing.email} already exists")
             try:
                 user = await repo.create_user_with_account(
                     s,
@@ -136,12 +166,13 @@ def remove(
 
     settings = settings_or_exit()
 
-    async def work(rt: Runtime) -> None:
+    async def work(rt: Runtime) -> str:
         async with rt.sessionmaker() as s, s.begin():
-            user = await repo.get_user_by_email(s, email)
+            user = await repo.get_user_by_email(s, email)  # case-insensitive
             if user is None:
                 raise CLIError(f"no user with e-mail {email}")
             await repo.delete_user(s, user.id)
+            return user.email or email
 
-    run_in_runtime(settings, work)
-    typer.echo(f"user {email} removed")
+    removed = run_in_runtime(settings, work)
+    typer.echo(f"user {removed} removed")

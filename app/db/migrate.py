@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,7 +53,29 @@ SQLITE_UNREFLECTABLE_INDEXES = frozenset({"Event_userId_createdAt_idx"})
 
 
 class MigrationError(Exception):
-    """The database could not be brought to the current schema; one-line message."""
+    """The database could not be brought to the current schema; one-line message.
+
+    `connecting` is true when the database could not even be reached (the cause is the
+    driver's error), so a caller can describe that cause its own way.
+    """
+
+    def __init__(self, message: str, *, connecting: bool = False) -> None:
+        super().__init__(message)
+        self.connecting = connecting
+
+
+@contextlib.contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic's INFO lines (plugin set-up, "Context impl", each revision) stay unseen:
+    the caller reports the one line `upgrade_to_head` returns. At DEBUG they show."""
+    log = logging.getLogger("alembic")
+    before = log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 def include_object_for(dialect_name: str) -> Callable[..., bool]:
@@ -92,7 +116,8 @@ def head_revision() -> str:
 def upgrade_to_head(url: str) -> str:
     """Create, adopt or upgrade the database at `url`; return what was done, in one line."""
     url = _normalize(url)
-    return _run(lambda: _with_connection(url, _upgrade_sync))
+    with _quiet_alembic():
+        return _run(lambda: _with_connection(url, _upgrade_sync))
 
 
 def current_revision(url: str) -> str | None:
@@ -174,7 +199,8 @@ async def _with_connection(url: str, fn: Callable[[Connection], T]) -> T:
         except Exception as exc:
             await _let_failed_sqlite_connections_stop(workers)
             raise MigrationError(
-                f"cannot connect to database {_safe_url(url)}: {_one_line(exc, url)}"
+                f"cannot connect to database {_safe_url(url)}: {_one_line(exc, url)}",
+                connecting=True,
             ) from exc
         try:
             return await conn.run_sync(fn)
@@ -226,7 +252,7 @@ def _decide_and_migrate(conn: Connection) -> str:
 
     if current is not None:
         if current == head:
-            return f"already at {head}"
+            return f"already at {head} (head)"
         try:
             script.get_revision(current)
         except CommandError:

@@ -140,8 +140,25 @@ async def users_without_token(session: AsyncSession, user_ids: Sequence[str]) ->
     return {uid for uid in ids if not has_token.get(uid, False)}
 
 
+def email_key(email: str) -> str:
+    """How e-mails are compared and stored by this service: trimmed and lower-cased."""
+    return email.strip().lower()
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
-    return (await session.execute(sa.select(User).where(User.email == email))).scalar_one_or_none()
+    """The user with this e-mail, compared case-insensitively.
+
+    Rows written by the original app may keep mixed case (and, its unique index being
+    case-sensitive, even two spellings of one address): the exact spelling wins, then the
+    first in e-mail order, so the answer is always the same.
+    """
+    stmt = (
+        sa.select(User)
+        .where(sa.func.lower(User.email) == email_key(email))
+        .order_by(sa.case((User.email == email.strip(), 0), else_=1), User.email)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalars().first()
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:

@@ -18,7 +18,12 @@ import httpx
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-POLL_LINE = re.compile(r"poll #1: (\d+) processed, (\d+) failed, .*; (\d+) events stored")
+POLL_LINE = re.compile(
+    r"poll #1 \(scheduler, HTTP 200\): (\d+) processed, (\d+) failed, .*; (\d+) events stored"
+)
+ANY_POLL = re.compile(r"poll #(\d+) \((\w+), HTTP (\d+)\): .*the Event table holds (\d+) rows")
+USER_LINE = re.compile(r"^  user (\S+)  id (\S+)$")
+CURL_ONE = re.compile(r"curl .*-H 'Authorization: Bearer (\S+)' .*\"user_ids\": \[\"(\S+)\"\]")
 
 
 def _reader(stream, lines: queue.Queue) -> None:
@@ -48,23 +53,43 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
     seen: list[str] = []
-    try:
-        match = None
+
+    def wait_for(pattern: re.Pattern[str]) -> re.Match[str]:
         deadline = time.monotonic() + 60
-        while match is None:
-            assert time.monotonic() < deadline, "no poll within 60 s:\n" + "\n".join(seen)
+        while True:
+            assert time.monotonic() < deadline, f"no {pattern.pattern}:\n" + "\n".join(seen)
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
             assert line is not None, "the demo exited early:\n" + "\n".join(seen)
             seen.append(line)
-            match = POLL_LINE.search(line)
+            if found := pattern.search(line):
+                return found
+
+    try:
+        match = wait_for(POLL_LINE)
         processed, failed, stored = (int(g) for g in match.groups())
-        assert processed > 0 and failed == 0 and stored > 0, line
+        assert processed > 0 and failed == 0 and stored > 0, seen[-1]
         output = "\n".join(seen)
         assert f"http://127.0.0.1:{port}/docs" in output
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
+        # It prints its users' ids and a ready command to refresh one of them.
+        users = dict(m.groups() for ln in seen if (m := USER_LINE.match(ln)))
+        assert len(users) == 3, output
+        curl = next(m for ln in seen if (m := CURL_ONE.search(ln)))
+        key, user_id = curl.groups()
+        assert user_id in users.values()
+        # A manual refresh sent from outside the demo is printed too, with its trigger.
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/poll",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"user_ids": [user_id]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        manual = wait_for(re.compile(r"poll #\d+ \(api, HTTP 200\): .* of 1 users"))
+        assert manual
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -75,11 +100,19 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
     while (line := lines.get(timeout=5)) is not None:
         seen.append(line)
     assert seen[-1] == "demo stopped", "\n".join(seen)
-    assert "Traceback" not in "\n".join(seen)
+    output = "\n".join(seen)
+    assert "Traceback" not in output
+    # Nothing is configured and nothing is missing: no warning about settings it does not use.
+    assert "INNGEST_EVENT_KEY" not in output and "WARNING" not in output, output
 
     db = tmp_path / "demo-data" / "gitlab-insights.db"
     with sqlite3.connect(db) as conn:
         runs = conn.execute("SELECT trigger, status_code, events_stored FROM poll_run").fetchall()
         events = conn.execute('SELECT count(*) FROM "Event"').fetchone()[0]
     assert runs[0] == ("scheduler", 200, stored)
-    assert events == stored
+    assert ("api", 200) in {(t, c) for t, c, _ in runs}
+    # Every run was printed, and the count printed last is the database's.
+    printed = [m for ln in seen if (m := ANY_POLL.search(ln))]
+    assert len(printed) == len(runs), output
+    assert int(printed[-1].group(4)) == events
+    assert events == sum(s for _, _, s in runs)

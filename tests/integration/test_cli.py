@@ -14,6 +14,8 @@ from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from app.cli import cli
+from gitlab_sim.server import SimulatorServer
+from tests.support import add_user, free_port, project_tuple, query
 
 TOKEN = "cli-test-token-0123456789"
 
@@ -132,8 +134,11 @@ def test_migrate_command(empty_db_url, monkeypatch, tmp_path):
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
     r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
     assert r.exit_code == 0 and "created schema" in r.output
+    # One line per action: alembic's set-up and per-revision lines stay out of sight.
+    assert len(r.output.splitlines()) == 1, r.output
     r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
-    assert r.exit_code == 0 and "already at" in r.output
+    assert r.exit_code == 0 and "already at" in r.output and "(head)" in r.output
+    assert len(r.output.splitlines()) == 1, r.output
 
 
 def test_every_command_is_registered():
@@ -141,7 +146,16 @@ def test_every_command_is_registered():
     # (and at start-up) instead of silently vanishing from the command.
     root = typer.main.get_command(cli)
     assert isinstance(root, TyperGroup)
-    assert set(root.commands) == {"serve", "migrate", "users", "projects", "poll", "scheduler"}
+    assert set(root.commands) == {
+        "serve",
+        "migrate",
+        "users",
+        "projects",
+        "poll",
+        "runs",
+        "status",
+        "scheduler",
+    }
     groups = {}
     for name in ("users", "projects", "scheduler"):
         group = root.commands[name]
@@ -165,3 +179,190 @@ def test_python_dash_m_runs_the_command(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "poll" in r.stdout and "scheduler" in r.stdout
+
+
+# --- issue 12: operator experience --------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["bad@", "@x.com", "x@y", "a b@example.com", "nope"])
+def test_users_add_refuses_invalid_emails(run, bad):
+    line = one_line_error(run("users", "add", "--email", bad, "--token", TOKEN))
+    assert line.startswith("error: --email:") and "not a valid e-mail" in line
+
+
+def test_emails_are_stored_lower_case_and_unique_regardless_of_case(run, db_url):
+    r = run("users", "add", "--email", " ADA@Example.com ", "--token", TOKEN)
+    assert r.exit_code == 0, r.output
+    assert "ada@example.com" in r.output
+    assert query(db_url, 'SELECT email FROM "user"') == [("ada@example.com",)]
+    assert "already exists" in one_line_error(
+        run("users", "add", "--email", "ada@example.com", "--token", TOKEN)
+    )
+    assert "already exists" in one_line_error(
+        run("users", "add", "--email", "Ada@EXAMPLE.com", "--token", TOKEN)
+    )
+    assert len(query(db_url, 'SELECT id FROM "user"')) == 1
+
+
+def test_lookups_ignore_case_even_for_mixed_case_rows_of_the_original_app(run, db_url):
+    # The original app stored e-mails as typed; its rows must still be found.
+    add_user(db_url, "Grace@Example.COM", TOKEN)
+    assert "already exists" in one_line_error(
+        run("users", "add", "--email", "grace@example.com", "--token", TOKEN)
+    )
+    r = run("projects", "add", "--user", "GRACE@example.com", "42", "--name", "P", "--path", "g/p")
+    assert r.exit_code == 0, r.output
+    listing = run("projects", "list", "--user", "grace@EXAMPLE.com")
+    assert listing.exit_code == 0 and "g/p" in listing.output, listing.output
+    r = run("projects", "remove", "--user", "grace@example.com", "g/p")
+    assert r.exit_code == 0, r.output
+    r = run("users", "remove", "grace@example.com")
+    assert r.exit_code == 0 and "Grace@Example.COM removed" in r.output, r.output
+    assert query(db_url, 'SELECT id FROM "user"') == []
+
+
+def test_refresh_token_without_oauth_app_warns(run, monkeypatch):
+    for name in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI"):
+        monkeypatch.delenv(f"GITLAB_OAUTH_{name}", raising=False)
+    r = run(
+        "users", "add", "--email", "w@example.com", "--token", TOKEN,
+        "--refresh-token", "refresh-abcdef-123",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning: --refresh-token is stored but cannot be used" in r.stderr
+    assert "GITLAB_OAUTH_CLIENT_ID" in r.stderr
+    assert "refresh-abcdef" not in r.output
+
+
+def test_expired_token_that_cannot_be_refreshed_is_refused(run, monkeypatch, db_url):
+    for name in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI"):
+        monkeypatch.delenv(f"GITLAB_OAUTH_{name}", raising=False)
+    past = "2020-01-01T00:00:00Z"
+    line = one_line_error(
+        run("users", "add", "--email", "e@example.com", "--token", TOKEN, "--expires-at", past)
+    )
+    assert "in the past" in line and "--refresh-token" in line
+    line = one_line_error(
+        run(
+            "users",
+            "add",
+            "--email",
+            "e@example.com",
+            "--token",
+            TOKEN,
+            "--expires-at",
+            past,
+            "--refresh-token",
+            "refresh-abcdef-123",
+        )  # fmt: skip
+    )
+    assert "in the past" in line and "GITLAB_OAUTH_" in line
+    assert query(db_url, 'SELECT id FROM "user"') == []
+    # With an OAuth app the expired token is refreshed at the next sync: accepted.
+    monkeypatch.setenv("GITLAB_OAUTH_CLIENT_ID", "app-id")
+    monkeypatch.setenv("GITLAB_OAUTH_CLIENT_SECRET", "app-secret-0123456789")
+    monkeypatch.setenv("GITLAB_OAUTH_REDIRECT_URI", "https://insights.example.com/cb")
+    r = run(
+        "users", "add", "--email", "e@example.com", "--token", TOKEN,
+        "--expires-at", past, "--refresh-token", "refresh-abcdef-123",
+    )  # fmt: skip
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
+def test_missing_token_is_one_line(run):
+    line = one_line_error(run("users", "add", "--email", "t@example.com"))
+    assert "--token" in line and "GITLAB_TOKEN" in line
+
+
+def test_usage_errors_are_one_line(run):
+    assert "No such command" in one_line_error(run("nosuch"))
+    assert "--user" in one_line_error(run("poll", "--user"))
+
+
+def test_version_short_help_and_completion(run):
+    from app import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"gitlab-insights {__version__}"
+    for args in (["-h"], ["users", "-h"], ["users", "add", "-h"]):
+        r = run(*args)
+        assert r.exit_code == 0 and "Usage:" in r.output, (args, r.output)
+    r = run("--help")
+    assert "--install-completion" in r.output and "--show-completion" in r.output
+
+
+def test_wrong_postgres_password_names_user_and_host(monkeypatch, tmp_path):
+    import os as _os
+    from urllib.parse import urlsplit, urlunsplit
+
+    pg = _os.environ.get("TEST_DATABASE_URL")
+    if not pg:
+        pytest.skip("TEST_DATABASE_URL not set")
+    parts = urlsplit(pg)
+    host = f"{parts.hostname}:{parts.port or 5432}"
+    bad = urlunsplit(parts._replace(netloc=f"{parts.username}:wrong-secret-pw@{host}"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", bad)
+    for args in (["users", "list"], ["migrate"]):
+        r = CliRunner().invoke(cli, args, catch_exceptions=False)
+        line = one_line_error(r)
+        assert f"authentication failed for user {parts.username} at {host}" in line, line
+        assert "wrong-secret-pw" not in r.output
+
+
+def test_sqlite_in_a_missing_folder_names_the_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    for args in (["users", "list"], ["migrate"]):
+        line = one_line_error(CliRunner().invoke(cli, args, catch_exceptions=False))
+        assert f"folder {tmp_path}/no/such/dir does not exist" in line, line
+
+
+def test_serve_on_a_busy_port_is_one_line(run):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free_port()))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = one_line_error(run("serve", "--port", str(port), "--no-migrate"))
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    # The simulator runs in this process: keep its access log out of the CLI's output.
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    with SimulatorServer(seed=5, users=1, projects=3, issues=1, merge_requests=0, notes=0) as s:
+        yield s
+
+
+def test_projects_batch_applies_what_it_can_and_reports_each(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    add_user(db_url, "b@example.com", sim.token("user1"))
+    ok = [project_tuple(sim, pid)[2] for pid in sorted(sim.world.projects)[:2]]
+    r = run("projects", "add", "--user", "b@example.com", ok[0], "nope/nope", ok[1])
+    assert r.exit_code == 1
+    for path in ok:
+        assert f"monitoring {path}" in r.stdout
+    assert "error: nope/nope: not found" in r.stderr
+    assert "1 of 3 projects failed" in r.stderr
+    stored = {row[0] for row in query(db_url, 'SELECT "projectPath" FROM "MonitoredProject"')}
+    assert stored == set(ok)
+
+    r = run("projects", "remove", "--user", "b@example.com", ok[0], "ghost/project")
+    assert r.exit_code == 1
+    assert f"stopped monitoring {ok[0]}" in r.stdout
+    assert "error: ghost/project: b@example.com does not monitor it" in r.stderr
+    stored = {row[0] for row in query(db_url, 'SELECT "projectPath" FROM "MonitoredProject"')}
+    assert stored == {ok[1]}
+
+
+def test_wrong_instance_url_sub_path_is_named(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url + "/gitlab")
+    add_user(db_url, "c@example.com", sim.token("user1"))
+    path = project_tuple(sim, sorted(sim.world.projects)[0])[2]
+    line = one_line_error(run("projects", "add", "--user", "c@example.com", path))
+    assert f"GITLAB_INSTANCE_URL {sim.url}/gitlab looks wrong" in line
+    assert f"{sim.url}/gitlab/api/v4 answers 404" in line
+    assert query(db_url, 'SELECT id FROM "MonitoredProject"') == []

@@ -107,14 +107,14 @@ def test_empty_database_to_head_then_noop(empty_db_url: str) -> None:
     assert set(ORIGINAL + OURS) <= table_names(empty_db_url)
     assert not {"session", "verification", "UserQuery"} & table_names(empty_db_url)
 
-    assert upgrade_to_head(empty_db_url) == f"already at {head}"
+    assert upgrade_to_head(empty_db_url) == f"already at {head} (head)"
     assert current_revision(empty_db_url) == head
 
 
 async def test_upgrade_inside_running_event_loop(empty_db_url: str) -> None:
     # The app calls this from its lifespan, inside uvicorn's loop.
     assert upgrade_to_head(empty_db_url).startswith("created schema at ")
-    assert upgrade_to_head(empty_db_url) == f"already at {head_revision()}"
+    assert upgrade_to_head(empty_db_url) == f"already at {head_revision()} (head)"
 
 
 def test_models_agree_with_migrations(db_url: str) -> None:
@@ -228,7 +228,7 @@ def test_concurrent_upgrades_on_postgres(empty_pg_url: str) -> None:
         t.join()
     assert errors == []
     head = head_revision()
-    assert sorted(results) == [f"already at {head}"] * 2 + [f"created schema at {head}"]
+    assert sorted(results) == [f"already at {head} (head)"] * 2 + [f"created schema at {head}"]
 
 
 def test_partial_original_schema_is_refused(empty_db_url: str) -> None:
@@ -438,7 +438,7 @@ def test_adopts_original_prisma_database(empty_pg_url: str) -> None:
 
     assert set(OURS) <= table_names(url)
     assert current_revision(url) == head
-    assert upgrade_to_head(url) == f"already at {head}"
+    assert upgrade_to_head(url) == f"already at {head} (head)"
     # The adopted database now matches the models exactly.
     assert schema_diffs(url) == []
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -138,18 +140,113 @@ def test_poll_without_tables_is_one_line(empty_db_url, monkeypatch, tmp_path):
     ]
 
 
-def test_progress_line_on_a_terminal():
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def screen_lines(text: str) -> list[str]:
+    """What a terminal shows line by line: escapes dropped, split at \\n and \\r."""
+    return [ln for ln in re.split(r"[\r\n]", ANSI.sub("", text)) if ln.strip()]
+
+
+def test_progress_bar_on_a_terminal():
     stream = Tty()
     p = Progress(stream, {"a": "a@example.com"})
     p.start()
     p(UserResult(user_id="a", status="processed", stored=5), 1, 2)
     p(UserResult(user_id="b", status="skipped", reason="fresh"), 2, 2)
     p.finish()
-    text = stream.getvalue()
-    assert "\rpolling: 1/2 users done, 5 events stored" in text
-    assert "\rpolling: 2/2 users done, 5 events stored" in text
-    assert text.endswith("\r")  # the line is cleared before the summary is printed
+    shown = screen_lines(stream.getvalue())
+    assert any("2/2 users done, 5 events stored" in ln for ln in shown), shown
+
+
+def test_log_lines_never_land_inside_the_progress_bar(monkeypatch):
+    from loguru import logger
+
+    from app.logging import configure_logging
+    from app.settings import Settings
+
+    stream = Tty()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(Settings(_env_file=None, log_format="pretty"), stream="stderr")
+    p = Progress(stream, {})
+    p.start()
+    p(UserResult(user_id="a", status="processed", stored=3), 1, 3)
+    logger.warning("GitLab answered 429 for project 7")
+    p(UserResult(user_id="b", status="processed", stored=1), 2, 3)
+    p.finish()
+    logger.remove()
+    shown = screen_lines(stream.getvalue())
+    logs = [ln for ln in shown if "GitLab answered 429" in ln]
+    assert logs, shown
+    for ln in logs:  # a whole line of its own: the log line, nothing of the bar
+        assert "polling" not in ln and "users done" not in ln, ln
+        assert ln.split()[1] == "WARNING", ln
+
+
+def test_poll_user_matches_regardless_of_case(run, db_url, sim):
+    ids = seed(db_url, sim)
+    r = run("--user", "U2@Example.COM", "--json")
+    assert r.exit_code == 0, r.output
+    assert [u["user_id"] for u in json.loads(r.stdout)["users"]] == [ids["u2@example.com"]]
+
+
+def test_runs_and_status_show_every_run_user_and_failing_project(run, db_url, sim):
+    from app.cli import cli as root
+
+    ids = seed(db_url, sim)
+    assert run().exit_code == 0
+    # A project the token cannot see fails; the others go on.
+    add_user(db_url, "u3@example.com", sim.token("user3"), [("999999", "gone", "group/gone")])
+    run()
+    runner = CliRunner()
+    r = runner.invoke(root, ["runs"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["started", "(UTC)", "trigger"]
+    rows = [ln for ln in lines[2:] if ln.strip()]
+    assert len(rows) == 2 and all(" cli " in ln and "200" in ln for ln in rows), r.stdout
+    data = json.loads(runner.invoke(root, ["runs", "--json"], catch_exceptions=False).stdout)
+    assert [d["trigger"] for d in data] == ["cli", "cli"]
+    assert data[1]["events_stored"] > 0 and data[1]["processed"] == 2
+
+    r = runner.invoke(root, ["status"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "Last runs" in out and "Users" in out and "Failing projects" in out
+    for email, user_id in ids.items():
+        assert email in out and user_id in out
+    failing = [ln for ln in out.splitlines() if "group/gone" in ln]
+    assert len(failing) == 1 and "u3@example.com" in failing[0], out
+    status = json.loads(runner.invoke(root, ["status", "--json"], catch_exceptions=False).stdout)
+    assert [(f["email"], f["path"]) for f in status["failing_projects"]] == [
+        ("u3@example.com", "group/gone")
+    ]
+    assert status["failing_projects"][0]["last_error"]
+    assert {u["email"] for u in status["users"] if u["last_sync_at"]} >= set(ids)
+
+
+def test_runs_and_status_on_an_empty_database(run):
+    from app.cli import cli as root
+
+    r = CliRunner().invoke(root, ["runs"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stdout.strip() == "no runs yet"
+    r = CliRunner().invoke(root, ["status"], catch_exceptions=False)
+    assert r.exit_code == 0
+    assert "no runs yet" in r.stdout and "no users" in r.stdout
+
+
+def test_poll_names_a_wrong_instance_url(run, db_url, sim, monkeypatch):
+    seed(db_url, sim)
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url + "/gitlab")
+    r = run()
+    assert r.exit_code == 1
+    hint = [ln for ln in r.stderr.splitlines() if "looks wrong" in ln]
+    assert hint == [
+        f"warning: GITLAB_INSTANCE_URL {sim.url}/gitlab looks wrong: its API root "
+        f"{sim.url}/gitlab/api/v4 answers 404 (check the host and sub-path)"
+    ], r.stderr

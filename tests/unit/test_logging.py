@@ -169,7 +169,7 @@ def test_pretty_is_plain_text(capsys) -> None:
     logger.bind(user_id=7).info("pretty <red>not markup</red> {braces}")
     (line,) = lines(capsys)
     assert "\x1b[" not in line
-    assert "| INFO     |" in line
+    assert line.split()[1] == "INFO"
     assert "pretty <red>not markup</red> {braces}" in line
     assert "user_id=7" in line
 
@@ -313,3 +313,64 @@ def test_hostile_input_does_not_backtrack() -> None:
     # takes hours; linear redaction takes milliseconds even on a loaded machine.
     worker.join(timeout=120)
     assert len(done) == len(texts), "redact() did not finish: catastrophic backtracking"
+
+
+class _Tty:
+    """A stand-in terminal for sys.stderr/stdout."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("tty", "pretty"), [(True, True), (False, False)])
+def test_auto_format_is_pretty_on_a_terminal_and_json_elsewhere(monkeypatch, tty, pretty) -> None:
+    stream = _Tty(tty)
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(make_settings("auto"), stream="stderr")
+    logger.bind(user_id="u1").warning("something odd")
+    (line,) = stream.text.splitlines()
+    if pretty:
+        # Concise: time, level, message, context; no date, module path or JSON.
+        assert not line.startswith("{")
+        assert line.split()[1] == "WARNING"
+        assert line.endswith("something odd  user_id=u1")
+        assert "test_auto_format" not in line  # no function or line number
+    else:
+        assert json.loads(line)["message"] == "something odd"
+
+
+@pytest.mark.parametrize("fmt", ["json", "pretty"])
+def test_explicit_format_wins_over_the_terminal(monkeypatch, fmt) -> None:
+    for tty in (True, False):
+        stream = _Tty(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging(make_settings(fmt), stream="stderr")
+        logger.info("hello")
+        assert stream.text.startswith("{") == (fmt == "json"), (tty, stream.text)
+
+
+def test_default_log_format_is_auto(monkeypatch) -> None:
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    assert Settings(_env_file=None).log_format == "auto"
+
+
+def test_log_lines_through_a_live_display(monkeypatch, capsys) -> None:
+    configure_logging(make_settings("pretty"), stream="stderr")
+    taken: list[str] = []
+    with app_logging.log_lines_through(taken.append):
+        logger.warning("during progress")
+    logger.warning("after progress")
+    assert len(taken) == 1 and "during progress" in taken[0] and taken[0].endswith("\n")
+    err = capsys.readouterr().err
+    assert "during progress" not in err and "after progress" in err

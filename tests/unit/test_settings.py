@@ -21,7 +21,7 @@ def test_defaults():
     assert s.gitlab_instance_url == "https://gitlab.com"
     assert s.inngest_polling_cron == "*/10 * * * *"
     assert s.poll_concurrency == 5
-    assert s.log_format == "json"
+    assert s.log_format == "auto"
     assert s.signing_keys() == []
 
 
