@@ -154,6 +154,8 @@ def test_serve_refuses_audiences_without_service_accounts(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "OIDC_SERVICE_ACCOUNTS is required" in lines[0], proc.stderr
+
+
 def test_the_env_example_placeholder_key_is_refused_at_start_up(tmp_path):
     """.env.example's signing key is public: `serve` with it stops with one line, exit 2."""
     import shutil
