@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -52,6 +53,7 @@ def test_parent_url_is_the_url_before_the_fragment():
     assert parent_url(f"{BASE}/issues/3#note_17") == f"{BASE}/issues/3"
     assert parent_url(f"{BASE}/issues/3") == f"{BASE}/issues/3"
     assert parent_url("") == ""
+    assert parent_url("https://h/p/-/issues/3#note_1#x") == "https://h/p/-/issues/3"
 
 
 @pytest.mark.parametrize(
@@ -153,6 +155,10 @@ def test_fingerprint_is_the_set_not_the_order():
     assert a.startswith("3:") and len(a) == 2 + 64
     # The count keeps apart sets whose ids would join alike.
     assert fingerprint(["a\nb"]) != fingerprint(["a", "b"])
+    # A stored fingerprint is compared by the next reconciliation, maybe on another replica
+    # or version: its form is fixed.
+    digest = hashlib.sha256(b"issue-1\nmr-3").hexdigest()
+    assert fingerprint(["mr-3", "issue-1"]) == f"2:{digest}"
 
 
 # --- the schedule -----------------------------------------------------------------------------
