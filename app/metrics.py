@@ -33,6 +33,30 @@ EVENTS = Counter(
     ["type", "action"],
     registry=REGISTRY,
 )
+# --- access loss and deletions (README: "Access and deletions") ---------------------------
+EVENTS_REMOVED = Counter(
+    "gitlab_insights_events_removed_total",
+    "Events removed because GitLab no longer shows them to their user, by cause "
+    "(access_lost, reconciliation, notes)",
+    ["cause"],
+    registry=REGISTRY,
+)
+RECONCILIATIONS = Counter(
+    "gitlab_insights_reconciliations_total",
+    "Reconciliations of a (user, project) by result (clean, removed, held, failed)",
+    ["result"],
+    registry=REGISTRY,
+)
+RECONCILE_REQUESTS = Counter(
+    "gitlab_insights_reconcile_requests_total",
+    "GitLab requests made by reconciliations (also counted in gitlab_requests_total)",
+    registry=REGISTRY,
+)
+ACCESS_LOST = Counter(
+    "gitlab_insights_access_lost_total",
+    "Projects whose access loss was confirmed for a user (their events removed)",
+    registry=REGISTRY,
+)
 LAST_SUCCESS = Gauge(
     "gitlab_insights_last_successful_run_timestamp_seconds",
     "Unix time of the last successful poll run",

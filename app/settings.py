@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     gitlab_down_threshold: int = Field(3, ge=1)
     gitlab_down_retry_after_seconds: int = Field(120, ge=1)
 
+    # --- access loss and deletions (README: "Access and deletions") --------------------
+    # A refused project is confirmed lost on two runs at least this far apart (0: next run).
+    access_loss_confirm_minutes: int = Field(30, ge=0)
+    # Each (user, project) is reconciled this often, spread over the interval (0: never).
+    reconcile_interval_hours: float = Field(24.0, ge=0)
+    # A reconciliation removing more than this (or more than half of a project's events)
+    # waits for the next reconciliation to find exactly the same.
+    reconcile_max_removals: int = Field(1000, ge=1)
+
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # auto: pretty lines on a terminal, JSON lines otherwise (pipes, files, containers).

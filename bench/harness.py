@@ -34,8 +34,10 @@ from bench.measure import (
     analyse_log,
     count_events,
     lower_bound,
+    make_reconciliation_due,
     minimum_requests,
     project_truth,
+    reconciliation_requests,
     seed,
 )
 from bench.procs import Database, Service, Simulator, running
@@ -45,11 +47,20 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class Bench:
-    def __init__(self, sc: Scenario, db: str, warm: bool, baseline: bool, log_dir: Path) -> None:
+    def __init__(
+        self,
+        sc: Scenario,
+        db: str,
+        warm: bool,
+        baseline: bool,
+        log_dir: Path,
+        reconcile: bool = False,
+    ) -> None:
         self.sc = sc
         self.db = db
         self.warm = warm
         self.baseline = baseline
+        self.reconcile = reconcile
         self.log_dir = log_dir
         self.rows: list[dict[str, Any]] = []
         self.L = sc.latency_ms / 1000
@@ -154,6 +165,8 @@ class Bench:
             peak_rss_mb=round(svc.peak_rss_mb(), 1),
             cpu_s=round(cpu, 2),
             simulator_cpu_s=round(sim_cpu, 2),
+            reconcile_requests=summary.get("reconciliation", {}).get("requests", 0),
+            events_removed=summary["events"].get("removed", 0),
             users_processed=summary["processed"],
             users_failed=summary["failed"],
             db_events=stored,
@@ -163,6 +176,15 @@ class Bench:
         self.rows.append(row)
         self._print_progress(row)
         return row
+
+    def measure_reconciliation(self, sim: Simulator, svc: Service, db: Database, idle: int) -> None:
+        """A day's reconciliations at once (every pair made due), then a warm poll: with
+        nothing due again, it must be back at the minimum."""
+        asyncio.run(make_reconciliation_due(db.url))
+        extra = reconciliation_requests(self.truths, self.sc.users)
+        row = self.measure_service(sim, svc, db, "reconcile", idle + extra)
+        row["reconcile_min_requests"] = extra
+        self.measure_service(sim, svc, db, "after", idle)
 
     def measure_baseline(
         self, sim: Simulator, db: Database, phase: str, minimum: int
@@ -242,6 +264,8 @@ class Bench:
             self.measure_service(sim, svc, db, "cold", first)
             if self.warm:
                 self.measure_service(sim, svc, db, "warm", idle)
+            if self.reconcile:
+                self.measure_reconciliation(sim, svc, db, idle)
         if bdb is not None:
             self.measure_baseline(sim, bdb, "cold", first)
             if self.warm:
@@ -320,7 +344,7 @@ def _fmt(v: Any, spec: str = "") -> str:
 def table(result: dict[str, Any]) -> str:
     head = (
         "system   phase    wall s   requests (min)    events    events/s  peak RSS MB  "
-        "CPU s   bound s  x bound  x faster  complete"
+        "CPU s   bound s  x bound  x faster  complete  reconcile req"
     )
     lines = [
         f"{result['scenario']} ({result['db']}): {result['description']}; "
@@ -339,7 +363,7 @@ def table(result: dict[str, Any]) -> str:
             f"{_fmt(r.get('cpu_s'), '>7.2f')} {r['lower_bound_s']:>9.3f} "
             f"{_fmt(r['ratio_to_lower_bound'], '>8.2f')} "
             f"{_fmt(r.get('speedup_vs_baseline'), '>9.1f')}  "
-            f"{_fmt(r.get('complete'))}{note}"
+            f"{_fmt(r.get('complete')):8}  {_fmt(r.get('reconcile_requests'), '>13')}{note}"
         )
     return "\n".join(lines)
 
@@ -350,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     ap.add_argument("--warm", action="store_true", help="also run the warm poll (see above)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the original algorithm")
+    ap.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="after cold (and warm): a poll with every reconciliation due, then a warm one",
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="shrink users/items (smoke tests)")
     ap.add_argument("--user-concurrency", type=int, help="GITLAB_USER_CONCURRENCY override")
     ap.add_argument("--poll-concurrency", type=int, help="POLL_CONCURRENCY override")
@@ -368,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             sc = _replace(sc, poll_concurrency=args.poll_concurrency)
         with tempfile.TemporaryDirectory(prefix="gi_bench_logs_") as logs:
             try:
-                result = Bench(sc, args.db, args.warm, not args.no_baseline, Path(logs)).run()
+                bench = Bench(
+                    sc, args.db, args.warm, not args.no_baseline, Path(logs), args.reconcile
+                )
+                result = bench.run()
             except Exception:
                 for f in Path(logs).iterdir():
                     tail = f.read_text(errors="replace")[-3000:]

@@ -86,6 +86,23 @@ async def count_events(db_url: str) -> int:
         await engine.dispose()
 
 
+async def make_reconciliation_due(db_url: str) -> int:
+    """Every (user, project) reconciliation due now: a day's reconciliations in one poll."""
+    import sqlalchemy as sa
+
+    from app.db.engine import create_engine
+    from app.db.models import SyncCursor, utcnow
+    from app.settings import load_settings
+
+    engine = create_engine(load_settings(database_url=db_url))
+    try:
+        async with engine.begin() as c:
+            stmt = sa.update(SyncCursor).values(reconcile_due_at=utcnow())
+            return (await c.execute(stmt)).rowcount
+    finally:
+        await engine.dispose()
+
+
 @dataclass
 class ProjectTruth:
     """What one user sees in one project (every user sees the same: all are members)."""
@@ -112,6 +129,12 @@ def project_truth(expected: list[dict[str, Any]]) -> ProjectTruth:
 
 def pages(n: int) -> int:
     return max(1, math.ceil(n / PER_PAGE))
+
+
+def reconciliation_requests(truths: dict[str, ProjectTruth], users: int) -> int:
+    """A reconciliation with nothing to remove: every page of both complete listings per user
+    and project, no notes (every stored comment count matches GitLab's)."""
+    return users * sum(pages(len(t.issues)) + pages(len(t.mrs)) for t in truths.values())
 
 
 def minimum_requests(

@@ -279,6 +279,16 @@ async def list_projects(request: Request) -> JSONResponse:
     return JSONResponse(body, headers=headers)
 
 
+@router.get("/api/v4/projects/{ref:path}/issues/{iid:int}/notes/{note_id:int}")
+async def issue_note(ref: str, iid: int, note_id: int, request: Request) -> JSONResponse:
+    return _single_note(request, ref, "issue", iid, note_id)
+
+
+@router.get("/api/v4/projects/{ref:path}/merge_requests/{iid:int}/notes/{note_id:int}")
+async def merge_request_note(ref: str, iid: int, note_id: int, request: Request) -> JSONResponse:
+    return _single_note(request, ref, "merge_request", iid, note_id)
+
+
 @router.get("/api/v4/projects/{ref:path}/issues/{iid:int}/notes")
 async def issue_notes(ref: str, iid: int, request: Request) -> JSONResponse:
     return _notes(request, ref, "issue", iid)
@@ -390,6 +400,20 @@ def _list_items(request: Request, ref: str, kind: ItemKind) -> JSONResponse:
             )
         body = [render.item(world, p, i) for i in page_rows if world.can_see_item(p, i, user)]
     return JSONResponse(body, headers=headers)
+
+
+def _single_note(
+    request: Request, ref: str, kind: ItemKind, iid: int, note_id: int
+) -> JSONResponse:
+    world = _world(request)
+    with world.lock:
+        user = authenticate(request)
+        p = _visible_project(world, ref, user)
+        it = _visible_item(world, p, kind, iid, user)
+        n = next((n for n in it.notes if n.id == note_id), None)
+        if n is None or not world.can_see_note(p, n, user):
+            raise ApiError(404, {"message": "404 Note Not Found"})
+        return JSONResponse(render.note(world, p, n))
 
 
 def _notes(request: Request, ref: str, kind: ItemKind, iid: int) -> JSONResponse:

@@ -88,7 +88,7 @@ class TokenRef(_Body):
 
 
 class FaultIn(_Body):
-    kind: Literal["status", "rate_limit", "slow", "drop", "malformed", "truncated"]
+    kind: Literal["status", "rate_limit", "slow", "drop", "malformed", "truncated", "empty"]
     status: int = 503
     path: str | None = None
     method: str | None = None
@@ -99,7 +99,12 @@ class FaultIn(_Body):
     retry_after: int = 1
     retry_after_format: Literal["seconds", "date"] = "seconds"
     body_format: Literal["json", "text"] = "json"
+    forbidden_reason: Literal["insufficient_scope", "forbidden"] = "insufficient_scope"
     delay: float = 5.0
+
+
+class MoveIn(_Body):
+    to_project: int | str
 
 
 class ConfigIn(_Body):
@@ -165,6 +170,32 @@ async def remove_member(pid: int, user: str, request: Request) -> dict[str, Any]
     world = _world(request)
     world.remove_member(pid, user)
     return {"project_id": pid, "members": sorted(world.project(pid).members)}
+
+
+@router.delete("/projects/{pid}")
+async def delete_project(pid: int, request: Request) -> dict[str, Any]:
+    _world(request).delete_project(pid)
+    return {"deleted": pid}
+
+
+@router.delete("/projects/{pid}/{segment}/{iid}")
+async def delete_item(pid: int, segment: str, iid: int, request: Request) -> dict[str, Any]:
+    _world(request).delete_item(pid, _kind(segment), iid)
+    return {"deleted": iid}
+
+
+@router.post("/projects/{pid}/issues/{iid}/move", status_code=201)
+async def move_issue(pid: int, iid: int, body: MoveIn, request: Request) -> dict[str, Any]:
+    world = _world(request)
+    new = world.move_issue(pid, iid, body.to_project)
+    with world.lock:
+        return render.item(world, world.project(new.project_id), new)
+
+
+@router.delete("/notes/{note_id}")
+async def delete_note(note_id: int, request: Request) -> dict[str, Any]:
+    _world(request).delete_note(note_id)
+    return {"deleted": note_id}
 
 
 @router.post("/projects/{pid}/{segment}", status_code=201)

@@ -25,13 +25,26 @@ def comment_title(body: str) -> str:
     return "Comment: " + first
 
 
+def _deleted(world: World, project_ref: int | str) -> bool:
+    ref = str(project_ref)
+    if ref.isdigit():
+        return int(ref) in world.deleted_projects
+    return ref in world.deleted_projects.values() and ref not in world.project_paths
+
+
 def expected_events(world: World, username: str, project_ref: int | str) -> list[dict[str, Any]]:
     """Every issue, MR and non-system note `username` can see in the project, as events.
 
-    An invisible project yields []. Sorted by type then global id.
+    Visibility and deletions are the world's current state: a project the user cannot see
+    (not a member of a private one) or a deleted one yields []; confidential issues only for
+    members and their author; internal notes only for members; deleted issues, MRs and notes
+    are simply absent; a moved issue stays (closed) in its old project. Sorted by type then
+    global id.
     """
     with world.lock:
         user = world.user(username)
+        if _deleted(world, project_ref):
+            return []
         project = world.project(project_ref)
         if not world.can_see_project(project, user):
             return []

@@ -15,20 +15,31 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["status", "rate_limit", "slow", "drop", "malformed", "truncated"]
-FAULT_KINDS: tuple[str, ...] = ("status", "rate_limit", "slow", "drop", "malformed", "truncated")
+FaultKind = Literal["status", "rate_limit", "slow", "drop", "malformed", "truncated", "empty"]
+FAULT_KINDS: tuple[str, ...] = (
+    "status",
+    "rate_limit",
+    "slow",
+    "drop",
+    "malformed",
+    "truncated",
+    "empty",
+)
 
 
 @dataclass
 class FaultSpec:
     """One fault rule.
 
-    kind: status (answer `status`: 403 missing scope, or 500/502/503), rate_limit (429 with
+    kind: status (answer `status`: 403 missing scope, or with forbidden_reason="forbidden" a
+    plain 403 Forbidden; or 500/502/503), rate_limit (429 with
     Retry-After as
     `retry_after` seconds, or as an HTTP date when retry_after_format="date"; body JSON
     `{"message":"Retry later"}` or plain text when body_format="text"), slow (sleep `delay`
     seconds, then answer normally), drop (announce a Content-Length, send part, close the
-    connection), malformed (200 with invalid JSON), truncated (200 with the real body cut).
+    connection), malformed (200 with invalid JSON), truncated (200 with the real body cut),
+    empty (an "incident": 200 with `[]` and no next page, as a misconfigured proxy or cache
+    might answer a listing).
     """
 
     kind: FaultKind
@@ -42,6 +53,7 @@ class FaultSpec:
     retry_after: int = 1
     retry_after_format: Literal["seconds", "date"] = "seconds"
     body_format: Literal["json", "text"] = "json"
+    forbidden_reason: Literal["insufficient_scope", "forbidden"] = "insufficient_scope"
     delay: float = 5.0
     id: int = 0
     hits: int = 0

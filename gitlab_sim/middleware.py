@@ -122,8 +122,14 @@ class GitLabLayer:
             )
 
     async def _apply(self, f: FaultSpec, scope: Scope, receive: Any, send: Any) -> None:
-        if f.kind == "status":
-            if f.status == 403:
+        if f.kind == "empty":
+            # A listing that looks complete: one page, nothing on it, no next link.
+            pages = {"x-page": "1", "x-next-page": "", "x-prev-page": "", "x-total": "0"}
+            await _send(send, 200, b"[]", "application/json", pages)
+        elif f.kind == "status":
+            if f.status == 403 and f.forbidden_reason == "forbidden":
+                body, ctype = b'{"message":"403 Forbidden"}', "application/json"
+            elif f.status == 403:
                 # A token without the read_api/api scope (GitLab's own body).
                 body = (
                     b'{"error":"insufficient_scope","error_description":"The request requires'

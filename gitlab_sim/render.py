@@ -115,6 +115,7 @@ def item(world: World, p: Project, it: Item) -> dict[str, Any]:
             type="ISSUE",
             issue_type="issue",
             confidential=it.confidential,
+            moved_to_id=it.moved_to_id,
             merge_requests_count=0,
             due_date=None,
             has_tasks=False,

@@ -92,6 +92,7 @@ class Item:
     confidential: bool = False
     closed_ms: int | None = None
     merged_ms: int | None = None
+    moved_to_id: int | None = None  # an issue moved to another project (kept, closed)
     notes: list[Note] = field(default_factory=list)
     user_notes_count: int = 0  # non-system notes, kept in step with `notes`
 
@@ -131,6 +132,18 @@ class ItemIndex:
             self._id_items.append(item)
         self._insert(self._cre_keys, self._cre_items, (item.created_ms, item.id), item)
         self._insert(self._upd_keys, self._upd_items, (item.updated_ms, item.id), item)
+
+    def remove(self, item: Item) -> None:
+        """A hard delete (GitLab's DELETE of an issue or MR): gone from every listing."""
+        del self.by_iid[item.iid]
+        self._id_items.remove(item)
+        for keys, items, key in (
+            (self._cre_keys, self._cre_items, (item.created_ms, item.id)),
+            (self._upd_keys, self._upd_items, (item.updated_ms, item.id)),
+        ):
+            pos = bisect_left(keys, key)
+            del keys[pos]
+            del items[pos]
 
     def set_updated(self, item: Item, updated_ms: int) -> None:
         pos = bisect_left(self._upd_keys, (item.updated_ms, item.id))
@@ -225,6 +238,8 @@ class World:
         self.projects: dict[int, Project] = {}
         self.project_paths: dict[str, Project] = {}
         self.notes: dict[int, Note] = {}
+        # Deleted projects (id and path): the oracle answers [] for them, not an error.
+        self.deleted_projects: dict[int, str] = {}
         self.oauth_app = oauth_app or OAuthApp(
             client_id="sim-oauth-client-id",
             client_secret="sim-oauth-client-secret",
@@ -572,8 +587,11 @@ class World:
                 if state == "merged":
                     it.merged_ms = now
                 events.append({"closed": "closed", "merged": "merged"}.get(state, "reopened"))
-            if confidential is not None and kind == "issue":
+            if confidential is not None and kind == "issue" and confidential != it.confidential:
                 it.confidential = confidential
+                events.append(
+                    "made the issue confidential" if confidential else "made the issue visible"
+                )
             p.index(kind).set_updated(it, now)
             if system_notes:
                 for body in events:
@@ -585,6 +603,61 @@ class World:
 
     def update_merge_request(self, project_ref: int | str, iid: int, **kw: Any) -> Item:
         return self.update_item(project_ref, "merge_request", iid, **kw)
+
+    # --- deletions and moves (hard deletes, as GitLab's DELETE endpoints) -----------------
+    def delete_item(self, project_ref: int | str, kind: ItemKind, iid: int) -> None:
+        """Delete an issue or MR with its notes: it leaves every listing and answers 404."""
+        with self.lock:
+            it = self.item(project_ref, kind, iid)
+            self.project(project_ref).index(kind).remove(it)
+            for n in it.notes:
+                self.notes.pop(n.id, None)
+
+    def delete_note(self, note_id: int) -> None:
+        """Delete a note. Its parent's user_notes_count drops, its updated_at does not move
+        (GitLab destroys the note without touching the noteable)."""
+        with self.lock:
+            n = self.note(note_id)
+            n.parent.notes.remove(n)
+            if not n.system:
+                n.parent.user_notes_count -= 1
+            del self.notes[n.id]
+
+    def delete_project(self, project_ref: int | str) -> None:
+        """The project and everything in it: 404 for everyone from now on."""
+        with self.lock:
+            p = self.project(project_ref)
+            for kind in ("issue", "merge_request"):
+                for it in list(p.index(kind).by_iid.values()):  # type: ignore[arg-type]
+                    for n in it.notes:
+                        self.notes.pop(n.id, None)
+            del self.projects[p.id]
+            del self.project_paths[p.path_with_namespace]
+            self.deleted_projects[p.id] = p.path_with_namespace
+
+    def move_issue(self, project_ref: int | str, iid: int, to_project_ref: int | str) -> Item:
+        """GitLab's issue move: a new issue (with copies of the notes) in the target project;
+        the original is closed, gets `moved_to_id`, and stays listed in its project."""
+        with self.lock:
+            old = self.item(project_ref, "issue", iid)
+            new = self.create_item(
+                to_project_ref,
+                "issue",
+                old.title,
+                description=old.description,
+                labels=old.labels,
+                author=old.author_id,
+                confidential=old.confidential,
+            )
+            for n in old.notes:
+                self._append_note(new, n.body, n.author_id, system=n.system, internal=n.internal)
+            self.update_item(project_ref, "issue", iid, state="closed")
+            old.moved_to_id = new.id
+            target = self.project(to_project_ref).path_with_namespace
+            self._append_note(
+                old, f"moved to {target}#{new.iid}", old.author_id, system=True, internal=False
+            )
+            return new
 
     # --- notes ------------------------------------------------------------------------
     def add_note(

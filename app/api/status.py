@@ -82,6 +82,21 @@ class ProjectSyncStatus(BaseModel):
     last_success_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    # --- access loss and reconciliation (README: "Access and deletions") ---------------
+    access_lost_at: datetime | None = Field(
+        None,
+        description="The user can no longer read the project: its events were removed then "
+        "(cleared once access returns and the project is backfilled)",
+    )
+    access_check_at: datetime | None = Field(
+        None, description="First run that found the project refused; a second one confirms"
+    )
+    reconciled_at: datetime | None = Field(None, description="Last completed reconciliation")
+    reconcile_due_at: datetime | None = Field(None, description="Next reconciliation")
+    reconcile_held_at: datetime | None = Field(
+        None,
+        description="A reconciliation held back a big removal: the next one must find the same",
+    )
 
 
 class UserSyncStatus(BaseModel):

@@ -202,6 +202,21 @@ class SyncCursor(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # --- access loss and reconciliation (migration 0004) ---------------------------------
+    # Where the project's stored history begins: the `updated_after` of its first sync, or
+    # ALL_HISTORY. NULL with a cursor: synced before 0004 (unknown), so reconciliation lists
+    # everything and only removes.
+    backfill_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # First run that found the project refused while the token worked (a pending loss).
+    access_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Access loss confirmed and the user's events of the project removed; cleared by the
+    # backfill that follows when access returns.
+    access_lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reconcile_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A mass removal waiting for the next reconciliation to find the same (fingerprint).
+    reconcile_held: Mapped[str | None] = mapped_column(sa.Text)
+    reconcile_held_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SyncLease(Base):

@@ -438,13 +438,29 @@ def _build_advance_cursor(ins: Upsert, table: sa.Table) -> sa.Insert:
             "last_error": None,
             "last_error_at": None,
             "updated_at": excluded.updated_at,
+            # A project that syncs is readable: no pending or confirmed access loss.
+            "access_check_at": None,
+            "access_lost_at": None,
+            # Recorded by the first successful sync only: where the stored history begins.
+            "backfill_from": sa.case(
+                (c.cursor_at.is_(None), excluded.backfill_from), else_=c.backfill_from
+            ),
+            "reconcile_due_at": sa.func.coalesce(c.reconcile_due_at, excluded.reconcile_due_at),
         },
     )
 
 
 async def advance_cursor(
-    session: AsyncSession, user_id: str, gitlab_project_id: str, cursor_at: datetime
+    session: AsyncSession,
+    user_id: str,
+    gitlab_project_id: str,
+    cursor_at: datetime,
+    *,
+    backfill_from: datetime | None = None,
+    reconcile_due_at: datetime | None = None,
 ) -> None:
+    """Move the cursor forward (never back). `backfill_from` is kept only when this is the
+    project's first successful sync; `reconcile_due_at` only when none is scheduled."""
     now = utcnow()
     await session.execute(
         _cached(session, "advance_cursor", _build_advance_cursor),
@@ -456,6 +472,10 @@ async def advance_cursor(
             "last_error": None,
             "last_error_at": None,
             "updated_at": now,
+            "access_check_at": None,
+            "access_lost_at": None,
+            "backfill_from": backfill_from,
+            "reconcile_due_at": reconcile_due_at,
         },
     )
 
@@ -481,6 +501,119 @@ async def record_project_error(
         },
     )
     await session.execute(stmt)
+
+
+# --- access loss and reconciliation (README: "Access and deletions") -----------------------
+
+# Ids per DELETE statement: far below every driver's parameter limit.
+_DELETE_BATCH = 500
+
+
+async def project_events(
+    session: AsyncSession, user_id: str, event_project_id: str
+) -> list[tuple[str, str, str]]:
+    """(gitlabEventId, type, gitlabUrl) of a user's events of one project ("Event"."projectId"
+    holds the project's path, as the original stores it)."""
+    stmt = sa.select(Event.gitlabEventId, Event.type, Event.gitlabUrl).where(
+        Event.userId == user_id, Event.projectId == event_project_id
+    )
+    return [(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
+
+
+async def delete_events(session: AsyncSession, user_id: str, event_ids: Sequence[str]) -> int:
+    """Remove these events of the user; returns how many rows went."""
+    removed = 0
+    ids = list(event_ids)
+    for i in range(0, len(ids), _DELETE_BATCH):
+        stmt = sa.delete(Event).where(
+            Event.userId == user_id, Event.gitlabEventId.in_(ids[i : i + _DELETE_BATCH])
+        )
+        removed += cast(CursorResult[Any], await session.execute(stmt)).rowcount
+    return removed
+
+
+async def delete_project_events(session: AsyncSession, user_id: str, event_project_id: str) -> int:
+    stmt = sa.delete(Event).where(Event.userId == user_id, Event.projectId == event_project_id)
+    return cast(CursorResult[Any], await session.execute(stmt)).rowcount
+
+
+async def _upsert_cursor_columns(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, **values: Any
+) -> None:
+    """Set some sync_cursor columns, creating the row (without a cursor) if needed."""
+    now = utcnow()
+    stmt = _insert(session, SyncCursor).values(
+        user_id=user_id, gitlab_project_id=gitlab_project_id, updated_at=now, **values
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[SyncCursor.user_id, SyncCursor.gitlab_project_id],
+        set_={name: stmt.excluded[name] for name in [*values, "updated_at"]},
+    )
+    await session.execute(stmt)
+
+
+async def record_access_check(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, at: datetime | None
+) -> None:
+    """The first run that found the project refused (None: the refusal did not hold)."""
+    await _upsert_cursor_columns(session, user_id, gitlab_project_id, access_check_at=at)
+
+
+async def mark_access_lost(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, at: datetime
+) -> None:
+    """Access loss confirmed: no cursor (the project is backfilled when access returns), no
+    window, no reconciliation until then."""
+    await _upsert_cursor_columns(
+        session,
+        user_id,
+        gitlab_project_id,
+        cursor_at=None,
+        access_check_at=None,
+        access_lost_at=at,
+        backfill_from=None,
+        reconcile_due_at=None,
+        reconcile_held=None,
+        reconcile_held_at=None,
+    )
+
+
+async def _update_cursor_row(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, **values: Any
+) -> None:
+    await session.execute(
+        sa.update(SyncCursor)
+        .where(SyncCursor.user_id == user_id, SyncCursor.gitlab_project_id == gitlab_project_id)
+        .values(**values, updated_at=utcnow())
+    )
+
+
+async def schedule_reconciliation(
+    session: AsyncSession, user_id: str, gitlab_project_id: str, due_at: datetime
+) -> None:
+    await _update_cursor_row(session, user_id, gitlab_project_id, reconcile_due_at=due_at)
+
+
+async def record_reconciliation(
+    session: AsyncSession,
+    user_id: str,
+    gitlab_project_id: str,
+    *,
+    reconciled_at: datetime,
+    due_at: datetime,
+    held: str | None,
+) -> None:
+    """A completed reconciliation: when, the next one, and the removal it holds (if any).
+    Never touches the cursor."""
+    await _update_cursor_row(
+        session,
+        user_id,
+        gitlab_project_id,
+        reconciled_at=reconciled_at,
+        reconcile_due_at=due_at,
+        reconcile_held=held,
+        reconcile_held_at=reconciled_at if held is not None else None,
+    )
 
 
 async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
@@ -697,6 +830,11 @@ class ProjectStatus:
     last_success_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    access_lost_at: datetime | None = None
+    access_check_at: datetime | None = None
+    reconciled_at: datetime | None = None
+    reconcile_due_at: datetime | None = None
+    reconcile_held_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,9 +885,22 @@ async def sync_status(session: AsyncSession, user_id: str | None = None) -> list
                 last_success_at=cursor.last_success_at if cursor else None,
                 last_error=cursor.last_error if cursor else None,
                 last_error_at=cursor.last_error_at if cursor else None,
+                **_access_and_reconcile_status(cursor),
             )
         )
     return [UserStatus(u[0], u[1], last.get(u[0]), by_user[u[0]]) for u in users]
+
+
+def _access_and_reconcile_status(cursor: SyncCursor | None) -> dict[str, datetime | None]:
+    if cursor is None:
+        return {}
+    return {
+        "access_lost_at": cursor.access_lost_at,
+        "access_check_at": cursor.access_check_at,
+        "reconciled_at": cursor.reconciled_at,
+        "reconcile_due_at": cursor.reconcile_due_at,
+        "reconcile_held_at": cursor.reconcile_held_at,
+    }
 
 
 async def ping(session: AsyncSession) -> None:

@@ -91,6 +91,9 @@ _ISSUES = TypeAdapter(list[GitLabIssue])
 _MERGE_REQUESTS = TypeAdapter(list[GitLabMergeRequest])
 _NOTES = TypeAdapter(list[GitLabNote])
 _PROJECT = TypeAdapter(GitLabProject)
+_ISSUE = TypeAdapter(GitLabIssue)
+_MERGE_REQUEST = TypeAdapter(GitLabMergeRequest)
+_NOTE = TypeAdapter(GitLabNote)
 _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
@@ -123,6 +126,14 @@ def retry_policy(settings: Settings) -> retry.RetryPolicy:
 def requested_wait(exc: BaseException) -> float | None:
     """The wait a 429 error carries (already read from the answer and capped by sansio)."""
     return exc.retry_after if isinstance(exc, GitLabRateLimited) else None
+
+
+def _noteable_segment(noteable_type: str) -> str:
+    if noteable_type == "Issue":
+        return "issues"
+    if noteable_type == "MergeRequest":
+        return "merge_requests"
+    raise ValueError(f"unknown noteable_type {noteable_type!r}")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -202,6 +213,28 @@ class GitLabClient:
     async def current_user(self) -> GitLabCurrentUser:
         return await self._get("/user", "/user", _CURRENT_USER)
 
+    async def item(
+        self, project_id: int | str, noteable_type: Literal["Issue", "MergeRequest"], iid: int
+    ) -> GitLabIssue | GitLabMergeRequest:
+        """One issue or MR; GitLabNotFound when it is gone or the token cannot see it."""
+        kind = _noteable_segment(noteable_type)
+        path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}"
+        if noteable_type == "Issue":
+            return await self._get(path, "/projects/:id/issues/:iid", _ISSUE)
+        return await self._get(path, "/projects/:id/merge_requests/:iid", _MERGE_REQUEST)
+
+    async def note(
+        self,
+        project_id: int | str,
+        noteable_type: Literal["Issue", "MergeRequest"],
+        iid: int,
+        note_id: int,
+    ) -> GitLabNote:
+        """One note of an issue or MR; GitLabNotFound when it is gone or hidden from the token."""
+        kind = _noteable_segment(noteable_type)
+        path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}/notes/{int(note_id)}"
+        return await self._get(path, f"/projects/:id/{kind}/:iid/notes/:note_id", _NOTE)
+
     def issues(
         self,
         project_id: int | str,
@@ -250,12 +283,7 @@ class GitLabClient:
         GitLab has no time filter on notes, so we read `sort=desc&order_by=updated_at` and
         stop after the first page that reaches a note older than `since`.
         """
-        if noteable_type == "Issue":
-            kind = "issues"
-        elif noteable_type == "MergeRequest":
-            kind = "merge_requests"
-        else:
-            raise ValueError(f"unknown noteable_type {noteable_type!r}")
+        kind = _noteable_segment(noteable_type)
         path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}/notes"
         template = f"/projects/:id/{kind}/:iid/notes"
         params: Query = [

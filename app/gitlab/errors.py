@@ -3,6 +3,8 @@
 What the caller does, by type:
 
 - GitLabAuthError (401): refresh the token if `reason` is "expired", else skip the user.
+  GitLabInsufficientScope (403 `insufficient_scope`) is one too: the token lacks the scope,
+  so the user must re-authorize; it is never read as a lost access to a project.
 - GitLabRateLimited (429) and GitLabUnavailable (5xx, timeouts): transient, try again later
   (the client already retried within its budget).
 - GitLabMalformedResponse: invalid or truncated JSON; the client retries it like a 5xx and
@@ -29,19 +31,29 @@ class GitLabAPIError(Exception):
         super().__init__(message)
 
 
-AuthReason = Literal["expired", "revoked", "invalid"]
+AuthReason = Literal["expired", "revoked", "invalid", "insufficient_scope"]
 
 
 class GitLabAuthError(GitLabAPIError):
     """401. `reason` tells an expired token (refreshable) from a revoked or unknown one."""
 
-    def __init__(self, message: str, *, reason: AuthReason, endpoint: str = "") -> None:
+    def __init__(
+        self, message: str, *, reason: AuthReason, endpoint: str = "", status: int = 401
+    ) -> None:
         self.reason: AuthReason = reason
-        super().__init__(message, status=401, endpoint=endpoint)
+        super().__init__(message, status=status, endpoint=endpoint)
 
 
 class GitLabForbidden(GitLabAPIError):
-    """403: missing scope or no access to the resource."""
+    """403: no access to the resource (a 403 `insufficient_scope` is GitLabInsufficientScope)."""
+
+
+class GitLabInsufficientScope(GitLabAuthError, GitLabForbidden):
+    """403 `insufficient_scope`: the token lacks read_api/api. A token problem (the user must
+    re-authorize), never a lost access to a project: it is an auth error and a 403 at once."""
+
+    def __init__(self, message: str, *, endpoint: str = "") -> None:
+        super().__init__(message, reason="insufficient_scope", endpoint=endpoint, status=403)
 
 
 class GitLabNotFound(GitLabAPIError):

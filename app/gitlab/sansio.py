@@ -28,6 +28,7 @@ from app.gitlab.errors import (
     GitLabAuthError,
     GitLabBadResponse,
     GitLabForbidden,
+    GitLabInsufficientScope,
     GitLabMalformedResponse,
     GitLabNotFound,
     GitLabOAuthError,
@@ -46,6 +47,7 @@ __all__ = [
     "decode_json",
     "error_for_status",
     "format_gitlab_time",
+    "insufficient_scope",
     "next_page_query",
     "oauth_error_code",
     "oauth_error_for_status",
@@ -162,6 +164,14 @@ def auth_reason(headers: Headers, body: bytes) -> AuthReason:
     return "invalid"
 
 
+def insufficient_scope(headers: Headers, body: bytes) -> bool:
+    """Whether a 403 says the token lacks a scope (`insufficient_scope` in the body's `error`
+    or in WWW-Authenticate) rather than that this resource is out of the user's reach."""
+    if "insufficient_scope" in (headers.get("www-authenticate") or "").lower():
+        return True
+    return oauth_error_code(body) == "insufficient_scope"
+
+
 def oauth_error_code(body: bytes) -> str | None:
     """The `error` of an OAuth error body, if it is a plain code safe to echo; else None."""
     try:
@@ -252,6 +262,11 @@ def error_for_status(
         reason = auth_reason(headers, body)
         return GitLabAuthError(
             f"GitLab 401 ({reason} token) on {endpoint}", reason=reason, endpoint=endpoint
+        )
+    if status == 403 and insufficient_scope(headers, body):
+        return GitLabInsufficientScope(
+            f"GitLab 403 insufficient_scope (the token lacks a scope) on {endpoint}",
+            endpoint=endpoint,
         )
     if status == 403:
         return GitLabForbidden(f"GitLab 403 forbidden on {endpoint}", status=403, endpoint=endpoint)

@@ -50,7 +50,14 @@ FANOUT_BATCH_SIZE = 100
 MAX_REQUESTED_USERS = 1000
 # Skips that no retry can fix: the user must reconnect GitLab first.
 NON_RETRIABLE_SKIPS = frozenset(
-    {"no_token", "token_expired", "token_revoked", "token_invalid", "token_refresh_failed"}
+    {
+        "no_token",
+        "token_expired",
+        "token_revoked",
+        "token_invalid",
+        "token_insufficient_scope",
+        "token_refresh_failed",
+    }
 )
 # When GitLab answered 429 without a usable Retry-After.
 DEFAULT_RATE_LIMIT_WAIT_SECONDS = 60.0

@@ -188,6 +188,8 @@ class _Run:
             total=summary.total,
             stored=summary.events.stored,
             updated=summary.events.updated,
+            removed=summary.events.removed,
+            reconcile_requests=summary.reconciliation.requests,
             duration_ms=summary.duration_ms,
             success=summary.success,
         ).info("poll run finished")

@@ -21,7 +21,10 @@ from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabBadResponse
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.settings import Settings
+from app.sync import access
+from app.sync.deletions import ALL_HISTORY, Candidates, first_reconcile_at, missing_comments
 from app.sync.deps import SyncDeps
+from app.sync.removals import confirm_gone, load_stored, remove_events
 from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
 
 # Pages of one list whose notes and storage may run while the next page is fetched.
@@ -37,7 +40,19 @@ class ProjectOutcome:
     project: MonitoredProject
     stored: int = 0
     updated: int = 0
+    removed: int = 0
+    # Set while the user cannot read the project (its events removed); not an error.
+    access_lost_at: datetime | None = None
     error: BaseException | None = None
+
+
+def _adopted(
+    project: MonitoredProject, cursor: SyncCursor | None, last_sync_at: datetime | None
+) -> bool:
+    """Covered by the original app's per-user LastSync (an adopted database), never by a
+    cursor of ours. Not after an access loss: those events were removed."""
+    lost = cursor is not None and cursor.access_lost_at is not None
+    return not lost and last_sync_at is not None and project.createdAt <= last_sync_at
 
 
 def fetch_since(
@@ -52,12 +67,36 @@ def fetch_since(
     if cursor is not None and cursor.cursor_at is not None:
         return cursor.cursor_at - overlap
     # Adopted database: the original's per-user LastSync covers projects that existed then.
-    # A project added after it never had its history fetched, so it is backfilled.
-    if last_sync_at is not None and project.createdAt <= last_sync_at:
+    # A project added after it never had its history fetched, so it is backfilled, and so is
+    # one whose access came back after a loss.
+    if last_sync_at is not None and _adopted(project, cursor, last_sync_at):
         return last_sync_at - overlap
     if settings.sync_backfill_days == 0:
         return None
     return now - timedelta(days=settings.sync_backfill_days)
+
+
+def backfill_from(
+    project: MonitoredProject,
+    cursor: SyncCursor | None,
+    last_sync_at: datetime | None,
+    since: datetime | None,
+) -> datetime | None:
+    """Where the stored history begins, kept by the project's first sync for reconciliation:
+    `since` (ALL_HISTORY for everything), or None (unknown) for a project the original app
+    synced, which may have stored older items."""
+    if _adopted(project, cursor, last_sync_at):
+        return None
+    return since if since is not None else ALL_HISTORY
+
+
+def first_reconcile_due(
+    settings: Settings, user_id: str, project: MonitoredProject, now: datetime
+) -> datetime | None:
+    hours = settings.reconcile_interval_hours
+    if hours <= 0:
+        return None
+    return first_reconcile_at(now, hours * 3600, user_id, project.gitlabProjectId)
 
 
 async def sync_project(
@@ -68,22 +107,69 @@ async def sync_project(
     since_cursor: SyncCursor | None,
     last_sync_at: datetime | None,
 ) -> ProjectOutcome:
-    """Sync one project; its errors are returned in the outcome, never raised."""
+    """Sync one project; its errors are returned in the outcome, never raised.
+
+    A project marked lost is only asked for (`GET /projects/:id`) until it answers again; a
+    refused listing is checked for an access loss (access.py).
+    """
     outcome = ProjectOutcome(project=project)
+    try:
+        outcome.access_lost_at = await access.still_lost(client, project, since_cursor)
+        if outcome.access_lost_at is None:
+            await _fetch(deps, user_id, client, since_cursor, last_sync_at, outcome)
+    except Exception as exc:  # noqa: BLE001 - reported per project; the cursor stays put
+        outcome.error = first_leaf(exc)
+    if access.is_refusal(outcome.error):
+        await _check_refusal(deps, user_id, client, since_cursor, outcome)
+    return outcome
+
+
+async def _fetch(
+    deps: SyncDeps,
+    user_id: str,
+    client: GitLabClient,
+    cursor: SyncCursor | None,
+    last_sync_at: datetime | None,
+    outcome: ProjectOutcome,
+) -> None:
+    """Both listings stored, deleted comments removed, then the cursor moved."""
+    project = outcome.project
     # The cursor moves to when this fetch STARTED: anything changed during the fetch is at
     # or after it, so the next run sees it (the original lost such changes).
     fetch_started = utcnow()
-    since = fetch_since(deps.settings, project, since_cursor, last_sync_at, fetch_started)
+    since = fetch_since(deps.settings, project, cursor, last_sync_at, fetch_started)
     listing = _Listing(deps, user_id, client, project, since, fetch_started, outcome)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(listing.sync("Issue"))
+        tg.create_task(listing.sync("MergeRequest"))
+    await listing.remove_deleted_comments()
+    async with deps.sessionmaker() as s, s.begin():
+        await repo.advance_cursor(
+            s,
+            user_id,
+            project.gitlabProjectId,
+            fetch_started,
+            backfill_from=backfill_from(project, cursor, last_sync_at, since),
+            reconcile_due_at=first_reconcile_due(deps.settings, user_id, project, fetch_started),
+        )
+
+
+async def _check_refusal(
+    deps: SyncDeps,
+    user_id: str,
+    client: GitLabClient,
+    cursor: SyncCursor | None,
+    outcome: ProjectOutcome,
+) -> None:
+    """A refused listing: an access loss confirmed a second time is no error (the events are
+    gone, the project marked); otherwise the refusal, or the checks' own error, is reported."""
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(listing.sync("Issue"))
-            tg.create_task(listing.sync("MergeRequest"))
-        async with deps.sessionmaker() as s, s.begin():
-            await repo.advance_cursor(s, user_id, project.gitlabProjectId, fetch_started)
-    except Exception as exc:  # noqa: BLE001 - reported per project; the cursor stays put
+        loss = await access.confirm_refusal(deps, user_id, client, outcome.project, cursor)
+    except Exception as exc:  # noqa: BLE001 - a 401 here skips the user, a 5xx is retried
         outcome.error = first_leaf(exc)
-    return outcome
+        return
+    if loss is not None:
+        outcome.error, outcome.access_lost_at, outcome.removed = None, loss.at, loss.removed
 
 
 def first_leaf(exc: BaseException) -> BaseException:
@@ -114,6 +200,9 @@ class _Listing:
         self.since = since
         self.fetch_started = fetch_started
         self.outcome = outcome
+        # Item event id -> its comment event ids, for items whose notes were read whole
+        # (no `since`): the stored comments they lack were deleted at GitLab.
+        self.notes_read: dict[str, set[str]] = {}
 
     async def sync(self, kind: NoteableType) -> None:
         """Every page of issues (or MRs) since `since`, with their new notes, stored.
@@ -172,9 +261,12 @@ class _Listing:
         try:
             rows = [self._row(item) for item in page]
             noted = [item for item in page if item.user_notes_count > 0]
-            notes: list[EventRow] = []
-            for part in await asyncio.gather(*(self._notes(kind, item) for item in noted)):
-                notes.extend(part)
+            parts = await asyncio.gather(*(self._notes(kind, item) for item in noted))
+            notes = [row for part in parts for row in part]
+            if self.since is None:  # every note of these items was read
+                ids = {item.id: row["gitlabEventId"] for item, row in zip(page, rows, strict=True)}
+                for item, part in zip(noted, parts, strict=True):
+                    self.notes_read[ids[item.id]] = {row["gitlabEventId"] for row in part}
             async with self.deps.sessionmaker() as s, s.begin():
                 items_counts = await repo.upsert_events(s, self.user_id, rows)
                 notes_counts = await repo.upsert_events(s, self.user_id, notes)
@@ -186,6 +278,19 @@ class _Listing:
                 metrics.EVENTS.labels(name, "updated").inc(counts.updated)
         finally:
             gate.release()
+
+    async def remove_deleted_comments(self) -> None:
+        """Stored comments of the items whose notes were read whole that GitLab no longer
+        lists, each confirmed gone by GitLab first (removals.py)."""
+        if not self.notes_read:
+            return
+        stored = await load_stored(self.deps, self.user_id, self.ref)
+        candidates = Candidates(comments=missing_comments(stored, self.notes_read))
+        if not candidates.comments:
+            return
+        pid = self.project.gitlabProjectId
+        gone = await confirm_gone(self.client, pid, stored, candidates)
+        self.outcome.removed += await remove_events(self.deps, self.user_id, pid, gone, "notes")
 
     def _row(self, item: Item) -> EventRow:
         if isinstance(item, GitLabIssue):

@@ -39,6 +39,33 @@ class ProjectFailure(BaseModel):
     retry_after: float | None = Field(None, description="GitLab's requested wait (429), seconds")
 
 
+# --- access loss and deletions (README: "Access and deletions") ---------------------------
+
+
+class AccessLostProject(BaseModel):
+    gitlab_project_id: str
+    project_path: str
+    since: datetime = Field(description="When the loss was confirmed and the events removed")
+
+
+class ReconcileCounts(BaseModel):
+    """What reconciliations did; their GitLab requests are counted apart from the sync's."""
+
+    projects: int = Field(0, description="(user, project) pairs reconciled to the end")
+    held: int = Field(
+        0, description="Reconciliations whose removals wait for the next one to agree"
+    )
+    failed: int = Field(0, description="Reconciliations stopped by an error: nothing removed")
+    requests: int = Field(0, description="GitLab requests made by reconciliations")
+
+    def __iadd__(self, other: ReconcileCounts) -> ReconcileCounts:
+        self.projects += other.projects
+        self.held += other.held
+        self.failed += other.failed
+        self.requests += other.requests
+        return self
+
+
 class UserResult(BaseModel):
     user_id: str
     status: UserStatusName
@@ -46,13 +73,20 @@ class UserResult(BaseModel):
         None,
         description=(
             "Why a user was skipped or failed: fresh, in_progress, no_token, token_expired, "
-            "token_revoked, token_invalid, token_refresh_failed, not_found, no_projects, "
+            "token_revoked, token_invalid, token_insufficient_scope, token_refresh_failed, "
+            "not_found, no_projects, "
             "gitlab_unavailable, rate_limited, database_unavailable, projects_failed, "
             "deadline_exceeded, lease_lost, error"
         ),
     )
     stored: int = Field(0, description="Events inserted")
     updated: int = Field(0, description="Events whose content changed and was rewritten")
+    removed: int = Field(0, description="Events removed: GitLab no longer shows them to the user")
+    access_lost: list[AccessLostProject] = Field(
+        default_factory=list,
+        description="Monitored projects the user can no longer read (their events removed)",
+    )
+    reconciliation: ReconcileCounts = Field(default_factory=ReconcileCounts)
     projects: int = 0
     failed_projects: list[ProjectFailure] = Field(default_factory=list)
     attempts: int = 0
@@ -77,6 +111,7 @@ class RunAuth(BaseModel):
 class EventCounts(BaseModel):
     stored: int = 0
     updated: int = 0
+    removed: int = 0
 
 
 class PollSummary(BaseModel):
@@ -160,6 +195,7 @@ class PollSummary(BaseModel):
     started_at: datetime
     duration_ms: int
     events: EventCounts
+    reconciliation: ReconcileCounts = Field(default_factory=ReconcileCounts)
     users: list[UserResult]
     error: str | None = Field(
         None,
@@ -209,10 +245,24 @@ def summarize(
         auth=auth,
         started_at=started_at,
         duration_ms=duration_ms,
-        events=EventCounts(
-            stored=sum(r.stored for r in results), updated=sum(r.updated for r in results)
-        ),
+        events=_event_counts(results),
+        reconciliation=_reconcile_counts(results),
         users=results,
         error=code,
         detail=detail,
     )
+
+
+def _event_counts(results: list[UserResult]) -> EventCounts:
+    return EventCounts(
+        stored=sum(r.stored for r in results),
+        updated=sum(r.updated for r in results),
+        removed=sum(r.removed for r in results),
+    )
+
+
+def _reconcile_counts(results: list[UserResult]) -> ReconcileCounts:
+    total = ReconcileCounts()
+    for r in results:
+        total += r.reconciliation
+    return total

@@ -34,7 +34,8 @@ from app.sync import tokens
 from app.sync.deps import SyncDeps
 from app.sync.lease import LeaseLost, UserLease
 from app.sync.project_sync import ProjectOutcome, sync_project
-from app.sync.results import ProjectFailure, UserResult, UserSkipped
+from app.sync.reconcile import reconcile_due
+from app.sync.results import AccessLostProject, ProjectFailure, UserResult, UserSkipped
 
 # Errors worth another attempt: GitLab or the database may recover.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -91,6 +92,7 @@ async def sync_user(
             reason=result.reason,
             stored=result.stored,
             updated=result.updated,
+            removed=result.removed,
             failed_projects=len(result.failed_projects),
             attempts=result.attempts,
             duration_ms=result.duration_ms,
@@ -188,6 +190,7 @@ async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: User
         # reports it.
         result.stored += sum(o.stored for o in done)
         result.updated += sum(o.updated for o in done)
+        result.removed += sum(o.removed for o in done)
         failed = [o for o in done if o.error is not None]
         if not failed:
             break
@@ -204,10 +207,34 @@ async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: User
         async with deps.sessionmaker() as s:
             cursors = await repo.get_cursors(s, user_id)
         await retry.sleep(policy.delay(attempt, _requested_wait(failed)))
+    await _after_sync(deps, user_id, token, claim, list(outcomes.values()), result)
     failures = [o for o in outcomes.values() if o.error is not None]
     if failures:
         await _report_failures(deps, user_id, failures, result)
     return not failures
+
+
+async def _after_sync(
+    deps: SyncDeps,
+    user_id: str,
+    token: str,
+    claim: Claim,
+    outcomes: list[ProjectOutcome],
+    result: UserResult,
+) -> None:
+    """Projects the user can no longer read are reported; those that synced and are due
+    are reconciled (reconcile.py: its failures never fail the user)."""
+    result.access_lost = [
+        AccessLostProject(
+            gitlab_project_id=o.project.gitlabProjectId,
+            project_path=o.project.projectPath,
+            since=o.access_lost_at,
+        )
+        for o in outcomes
+        if o.access_lost_at is not None
+    ]
+    synced = [o.project for o in outcomes if o.error is None and o.access_lost_at is None]
+    await reconcile_due(deps, user_id, token, claim.cursors, synced, result)
 
 
 def _requested_wait(failed: list[ProjectOutcome]) -> float | None:

@@ -308,7 +308,10 @@ def test_forbidden_project_is_reported_loudly_and_keeps_its_cursor(db_url):
             sim.token("user1"),
             [project_tuple(sim, p) for p in (1, 2, empty.id)],
         )
-        sim.world.add_fault(kind="status", status=403, path=r"/projects/2/")
+        # A plain 403 (not insufficient_scope) on the listings; the project itself answers.
+        sim.world.add_fault(
+            kind="status", status=403, forbidden_reason="forbidden", path=r"/projects/2/"
+        )
         settings = make_settings(db_url, sim.url)
 
         async def go():

@@ -487,6 +487,98 @@ def test_fault_mid_pagination_and_not_on_control(fresh):
         assert c.get("/projects/2/issues", params={"page": 2}).status_code == 200
 
 
+def test_fault_empty_is_an_incident_answering_a_complete_empty_listing(fresh):
+    _add_fault(fresh, kind="empty", path=r"/issues$", count=1)
+    with client(fresh, "user2") as c:
+        empty = c.get("/projects/2/issues", params={"per_page": 3})
+        real = c.get("/projects/2/issues", params={"per_page": 3})
+    assert empty.status_code == 200 and empty.json() == []
+    assert "next" not in empty.links and empty.headers["x-next-page"] == ""
+    assert real.json() and "next" in real.links
+
+
+def test_fault_403_forbidden_or_missing_scope(fresh):
+    _add_fault(fresh, kind="status", status=403, path=r"/issues$", count=1)
+    _add_fault(fresh, kind="status", status=403, forbidden_reason="forbidden", count=1)
+    with client(fresh, "user2") as c:
+        scope = c.get("/projects/2/issues")
+        plain = c.get("/user")
+    assert scope.status_code == 403 and scope.json()["error"] == "insufficient_scope"
+    assert plain.status_code == 403 and plain.json() == {"message": "403 Forbidden"}
+
+
+# --- deletions, moves, visibility changes -----------------------------------------------------
+def test_deleted_items_notes_and_projects_leave_every_answer(fresh):
+    w, base = fresh.world, f"{fresh.url}/_sim"
+    p = next(q for q in w.projects.values() if q.visibility == "private" and q.members)
+    user = w.users[min(p.members)].username
+    issue = w.create_issue(p.id, "to delete", author=user)
+    w.add_note(p.id, "issue", issue.iid, "goes with it", author=user)
+    keep = w.create_issue(p.id, "keeps its other note", author=user)
+    gone = w.add_note(p.id, "issue", keep.iid, "deleted", author=user)
+    stays = w.add_note(p.id, "issue", keep.iid, "kept", author=user)
+    touched = keep.updated_ms
+    with client(fresh, user) as c:
+        assert c.get(f"/projects/{p.id}/issues/{keep.iid}/notes/{gone.id}").json()["id"] == gone.id
+        assert httpx.delete(f"{base}/notes/{gone.id}").status_code == 200
+        assert c.get(f"/projects/{p.id}/issues/{keep.iid}/notes/{gone.id}").status_code == 404
+        notes = c.get(f"/projects/{p.id}/issues/{keep.iid}/notes").json()
+        assert [n["id"] for n in notes] == [stays.id]
+        after = c.get(f"/projects/{p.id}/issues/{keep.iid}").json()
+        assert after["user_notes_count"] == 1 and keep.updated_ms == touched  # not touched
+        assert httpx.delete(f"{base}/projects/{p.id}/issues/{issue.iid}").status_code == 200
+        assert c.get(f"/projects/{p.id}/issues/{issue.iid}").status_code == 404
+        listed = {i["id"] for r in walk(c, f"/projects/{p.id}/issues") for i in r.json()}
+        assert issue.id not in listed and keep.id in listed
+        events = {e["gitlabEventId"] for e in expected_events(w, user, p.id)}
+        assert f"issue-{issue.id}" not in events and f"note-{gone.id}" not in events
+        assert httpx.delete(f"{base}/projects/{p.id}").status_code == 200
+        assert c.get(f"/projects/{p.id}").status_code == 404
+        assert c.get(f"/projects/{p.id}/issues").status_code == 404
+        assert c.get("/user").status_code == 200  # the token still works
+    assert expected_events(w, user, p.id) == []
+    assert expected_events(w, user, p.path_with_namespace) == []
+
+
+def test_moved_issue_stays_closed_in_its_project_and_appears_in_the_target(fresh):
+    w = fresh.world
+    src, dst = sorted(w.projects.values(), key=lambda q: q.id)[:2]
+    user = w.users[min(src.members)].username
+    w.add_member(dst.id, user)
+    old = w.create_issue(src.id, "moving", author=user)
+    w.add_note(src.id, "issue", old.iid, "travels along", author=user)
+    r = httpx.post(
+        f"{fresh.url}/_sim/projects/{src.id}/issues/{old.iid}/move", json={"to_project": dst.id}
+    )
+    assert r.status_code == 201, r.text
+    new = r.json()
+    with client(fresh, user) as c:
+        stale = c.get(f"/projects/{src.id}/issues/{old.iid}").json()
+        assert stale["state"] == "closed" and stale["moved_to_id"] == new["id"]
+        assert stale["user_notes_count"] == 1
+        notes = c.get(f"/projects/{dst.id}/issues/{new['iid']}/notes").json()
+        assert [n["body"] for n in notes] == ["travels along"]
+
+
+def test_confidential_change_and_membership_change_hide_items(fresh):
+    w = fresh.world
+    p, outsider = public_project_with_outsider(w)
+    member = w.users[min(p.members)].username
+    it = w.create_issue(p.id, "soon confidential", author=member)
+    with client(fresh, outsider) as c:
+        assert c.get(f"/projects/{p.id}/issues/{it.iid}").status_code == 200
+        r = httpx.patch(
+            f"{fresh.url}/_sim/projects/{p.id}/issues/{it.iid}", json={"confidential": True}
+        )
+        assert r.status_code == 200
+        assert c.get(f"/projects/{p.id}/issues/{it.iid}").status_code == 404
+    assert [n.body for n in it.notes if n.system] == ["made the issue confidential"]
+    outsider_events = {e["gitlabEventId"] for e in expected_events(w, outsider, p.id)}
+    assert f"issue-{it.id}" not in outsider_events
+    w.add_member(p.id, outsider)
+    assert f"issue-{it.id}" in {e["gitlabEventId"] for e in expected_events(w, outsider, p.id)}
+
+
 def test_fault_probability_is_seeded():
     def run() -> list[int]:
         with SimulatorServer(seed=1, users=2, projects=1, issues=1, merge_requests=0) as s:

@@ -105,7 +105,7 @@ def test_hostile_payloads_are_stored_faithfully(db_url, sim):
         assert_equal_truth(db_url, other, sim, "user1", [2])
         # Faithful means byte-identical: the next run finds nothing to rewrite.
         again = server.poll().json()
-        assert again["events"] == {"stored": 0, "updated": 0}, again["events"]
+        assert again["events"] == {"stored": 0, "updated": 0, "removed": 0}, again["events"]
     # The wrapper really removed fields (the test would prove nothing otherwise).
     entries = [e for e in w.requests() if e["kind"] == "issues"]
     assert entries

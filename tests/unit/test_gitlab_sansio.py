@@ -20,6 +20,7 @@ from app.gitlab.errors import (
     GitLabAuthError,
     GitLabBadResponse,
     GitLabForbidden,
+    GitLabInsufficientScope,
     GitLabMalformedResponse,
     GitLabNotFound,
     GitLabOAuthError,
@@ -453,6 +454,50 @@ def test_typed_errors(status, kind, message):
     err = error(status, body=b'{"message": "x"}')
     assert type(err) is kind
     assert (err.status, err.endpoint, str(err)) == (status, "/projects/4/issues", message)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, b'{"error":"insufficient_scope","error_description":"x","scope":"api read_api"}'),
+        ({"www-authenticate": 'Bearer realm="GitLab", error="insufficient_scope"'}, b""),
+        ({"www-authenticate": 'Bearer error="INSUFFICIENT_SCOPE"'}, b"{}"),
+    ],
+)
+def test_403_insufficient_scope_is_a_token_problem_not_a_refusal(headers, body):
+    err = error(403, headers, body)
+    assert isinstance(err, GitLabInsufficientScope)
+    # An auth error (the user must re-authorize) and still a 403.
+    assert isinstance(err, GitLabAuthError) and isinstance(err, GitLabForbidden)
+    assert (err.reason, err.status, err.endpoint) == (
+        "insufficient_scope",
+        403,
+        "/projects/4/issues",
+    )
+    assert str(err) == (
+        "GitLab 403 insufficient_scope (the token lacks a scope) on /projects/4/issues"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, b'{"message":"403 Forbidden"}'),
+        ({}, b'{"error":"forbidden"}'),
+        ({"www-authenticate": 'Bearer realm="GitLab"'}, b"not json"),
+        ({}, b'"insufficient_scope"'),
+    ],
+)
+def test_other_403s_are_refusals(headers, body):
+    assert sansio.insufficient_scope(headers, body) is False
+    assert type(error(403, headers, body)) is GitLabForbidden
+
+
+def test_insufficient_scope_only_decides_403s():
+    scope = b'{"error":"insufficient_scope"}'
+    assert sansio.insufficient_scope({}, scope) is True
+    assert type(error(404, {}, scope)) is GitLabNotFound
+    assert type(error(401, {}, scope)) is GitLabAuthError
 
 
 def test_429_carries_the_wait_it_asks_for():

@@ -238,7 +238,9 @@ async def test_rate_limit_that_persists_is_reported_with_gitlabs_wait(
 
 async def test_lease_is_released_when_the_user_fails(db_url, sessionmaker, sim, user_id):
     settings = settings_for(db_url, sim, user_sync_attempts=1)
-    sim.world.add_fault(kind="status", status=403, path=r"^/api/v4/projects/1/")
+    sim.world.add_fault(
+        kind="status", status=403, forbidden_reason="forbidden", path=r"^/api/v4/projects/1/"
+    )
     async with sync_deps(settings, sessionmaker) as deps:
         result = await sync_user(deps, user_id, "run-1")
         # The next run may take the user at once.
