@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     gitlab_rate_limit_max_wait: PositiveFloat = 60.0
     gitlab_rate_limit_low_remaining: int = Field(20, ge=0)
     gitlab_user_concurrency: int = Field(8, ge=1, le=100)
+    # Requests in flight to the GitLab instance across all users of this process.
+    gitlab_max_in_flight: int = Field(40, ge=1, le=1000)
     gitlab_per_page: int = Field(100, ge=1, le=100)
     include_system_notes: bool = False
     gitlab_oauth_client_id: str | None = None

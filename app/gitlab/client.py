@@ -70,7 +70,6 @@ from app.gitlab.schemas import (
     GitLabNote,
     GitLabProject,
 )
-from app.gitlab.transport import LANE_EXTENSION
 from app.settings import Settings
 
 __all__ = [
@@ -168,9 +167,7 @@ class GitLabClient:
             settings.gitlab_read_timeout, connect=settings.gitlab_connect_timeout
         )
         self._in_flight = asyncio.Semaphore(settings.gitlab_user_concurrency)
-        # One lane per in-flight slot; a request takes a free one while it holds the slot.
-        self._free_lanes = list(range(settings.gitlab_user_concurrency))
-        self._timeout_ext = self._timeout.as_dict()
+        self._extensions = {"timeout": self._timeout.as_dict()}
         # Pacing shared by all requests of this user: next allowed start, spacing between starts.
         self._next_slot = 0.0
         self._pace_interval = 0.0
@@ -435,17 +432,10 @@ class GitLabClient:
         try:
             # The semaphore covers the HTTP exchange only, never a retry wait or the caller.
             async with self._in_flight:
-                lane = self._free_lanes.pop()
-                try:
-                    started = time.perf_counter()
-                    response = await self._http.request(
-                        call.method,
-                        call.url,
-                        headers=self._headers,
-                        extensions={"timeout": self._timeout_ext, LANE_EXTENSION: lane},
-                    )
-                finally:
-                    self._free_lanes.append(lane)
+                started = time.perf_counter()
+                response = await self._http.request(
+                    call.method, call.url, headers=self._headers, extensions=self._extensions
+                )
             status = response.status_code
         except (httpx.TransportError, httpx.DecodingError) as exc:
             # `from None`: httpx's message and context carry the full URL with its query.
