@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gitlab_sim import render
 from gitlab_sim.world import Item, ItemKind, Project, User, World
@@ -388,8 +388,8 @@ def _list_items(request: Request, ref: str, kind: ItemKind) -> JSONResponse:
             page_rows, headers = offset_paginate(
                 request, rows, desc=sort == "desc", page=page, per_page=per_page
             )
-        body = [render.item(world, p, i) for i in page_rows if world.can_see_item(p, i, user)]
-    return JSONResponse(body, headers=headers)
+        body = render.items_json(world, p, (i for i in page_rows if world.can_see_item(p, i, user)))
+    return Response(body, headers=headers, media_type="application/json")
 
 
 def _notes(request: Request, ref: str, kind: ItemKind, iid: int) -> JSONResponse:
@@ -414,8 +414,8 @@ def _notes(request: Request, ref: str, kind: ItemKind, iid: int) -> JSONResponse
         page_rows, headers = offset_paginate(
             request, rows, desc=sort == "desc", page=page, per_page=per_page
         )
-        body = [render.note(world, p, n) for n in page_rows if world.can_see_note(p, n, user)]
-    return JSONResponse(body, headers=headers)
+        body = render.notes_json(world, p, (n for n in page_rows if world.can_see_note(p, n, user)))
+    return Response(body, headers=headers, media_type="application/json")
 
 
 # --- OAuth ---------------------------------------------------------------------------
