@@ -1,6 +1,6 @@
 """Async client for the GitLab REST API v4: complete pagination, typed errors, polite retries.
 
-This module moves bytes and runs the flow (send, pace, lanes, read-ahead, pagination, the
+This module moves bytes and runs the flow (send, pace, read-ahead, pagination, the
 keyset fallback); every decision about an answer (its data, next page, error, wait, pacing)
 is taken by the pure `sansio` module. Behaviours the sync relies on:
 
