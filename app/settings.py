@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     gitlab_backoff_max: PositiveFloat = 30.0
     gitlab_rate_limit_max_wait: PositiveFloat = 60.0
     gitlab_rate_limit_low_remaining: int = Field(20, ge=0)
-    gitlab_user_concurrency: int = Field(8, ge=1, le=100)
+    # Per user: a request count limit (GitLab.com: 2,000 a minute per user; self-managed:
+    # off by default) does not limit concurrency; pacing on RateLimit-Remaining does that.
+    gitlab_user_concurrency: int = Field(32, ge=1, le=100)
+    # Per process, all users together: what the GitLab instance sees at most (40 = the old
+    # peak of 5 users x 8), so a small self-managed GitLab is never flooded.
+    gitlab_max_in_flight: int = Field(40, ge=1, le=1000)
     gitlab_per_page: int = Field(100, ge=1, le=100)
     include_system_notes: bool = False
     gitlab_oauth_client_id: str | None = None

@@ -193,12 +193,13 @@ def analyse_log(entries: list[dict[str, Any]]) -> LogStats:
     )
 
 
-def lower_bound(stats: LogStats, latency_s: float, u: int, c: int) -> float:
-    """max(chain x L, total x L / (u x c), busiest user x L / c); u is capped at the number
-    of users that made requests (one user cannot use the other users' slots)."""
+def lower_bound(stats: LogStats, latency_s: float, u: int, c: int, cap: int) -> float:
+    """max(chain x L, total x L / min(u x c, cap), busiest user x L / min(c, cap)); u is
+    capped at the number of users that made requests (one user cannot use the other users'
+    slots), cap is the instance-wide limit on requests in flight (GITLAB_MAX_IN_FLIGHT)."""
     users = max(1, min(u, stats.users))
     return max(
         stats.chain * latency_s,
-        stats.requests * latency_s / (users * c),
-        stats.per_user_max * latency_s / c,
+        stats.requests * latency_s / min(users * c, cap),
+        stats.per_user_max * latency_s / min(c, cap),
     )

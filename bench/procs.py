@@ -178,6 +178,7 @@ class Service:
             "LOG_LEVEL": "WARNING",
             "POLL_CONCURRENCY": str(sc.poll_concurrency),
             "GITLAB_USER_CONCURRENCY": str(sc.user_concurrency),
+            "GITLAB_MAX_IN_FLIGHT": str(sc.max_in_flight),
         }
         # BENCH_ENV_X=v passes X=v to the service (experiments with other settings).
         prefix = "BENCH_ENV_"

@@ -24,7 +24,8 @@ class Scenario:
     big_project_notes: int = 1  # average notes per issue of the big project
     mutate_fraction: float = 0.0  # incremental: share of items changed after a first sync
     poll_concurrency: int = 5  # POLL_CONCURRENCY (service default)
-    user_concurrency: int = 8  # GITLAB_USER_CONCURRENCY (service default)
+    user_concurrency: int = 32  # GITLAB_USER_CONCURRENCY (service default)
+    max_in_flight: int = 40  # GITLAB_MAX_IN_FLIGHT (service default)
     # The original syncs users one after another: for very many users the baseline runs a
     # prefix of them and scales time and requests up linearly (marked in the table).
     baseline_users: int | None = None

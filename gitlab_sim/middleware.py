@@ -14,7 +14,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gitlab_sim.api import token_from_headers
+from gitlab_sim.api import fast_listing, token_from_headers
 from gitlab_sim.faults import FaultSpec
 from gitlab_sim.world import World
 
@@ -107,7 +107,10 @@ class GitLabLayer:
                 )
                 return
             fault = world.faults.pick(method, path, query)
-            if fault is None:
+            fast = fast_listing(scope, self.app) if fault is None else None
+            if fast is not None:
+                await fast(scope, receive, send_with_headers)
+            elif fault is None:
                 await self.app(scope, receive, send_with_headers)
             else:
                 await self._apply(fault, scope, receive, send_with_headers)

@@ -3,6 +3,8 @@ sample payloads, extra fields included so clients learn to ignore them)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from gitlab_sim.world import Item, Note, Project, User, iso_ms
@@ -174,3 +176,58 @@ def note(world: World, p: Project, n: Note) -> dict[str, Any]:
         "imported": False,
         "imported_from": "none",
     }
+
+
+def _dumps(value: Any) -> bytes:
+    # Byte for byte what fastapi's JSONResponse renders.
+    return json.dumps(
+        value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def _item_state(world: World, it: Item) -> tuple[Any, ...]:
+    # Every field of an item that `item` renders and the world can change (users and
+    # project paths never change once created).
+    return (
+        world.base_url,
+        it.title,
+        it.description,
+        it.state,
+        tuple(it.labels),
+        it.updated_ms,
+        it.closed_ms,
+        it.merged_ms,
+        it.confidential,
+        it.user_notes_count,
+    )
+
+
+def _note_state(world: World, n: Note) -> tuple[Any, ...]:
+    return (world.base_url, n.body, n.updated_ms, n.system, n.internal)
+
+
+def _cached(world: World, key: tuple[str, int], state: tuple[Any, ...], build: Any) -> bytes:
+    hit = world.rendered.get(key)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    data = _dumps(build())
+    world.rendered[key] = (state, data)
+    return data
+
+
+def items_json(world: World, p: Project, items: Iterable[Item]) -> bytes:
+    """A JSON array of `item` renderings, each encoded once until the item changes."""
+    parts = [
+        _cached(world, (it.kind, it.id), _item_state(world, it), lambda it=it: item(world, p, it))
+        for it in items
+    ]
+    return b"[" + b",".join(parts) + b"]"
+
+
+def notes_json(world: World, p: Project, notes: Iterable[Note]) -> bytes:
+    """A JSON array of `note` renderings, each encoded once until the note changes."""
+    parts = [
+        _cached(world, ("note", n.id), _note_state(world, n), lambda n=n: note(world, p, n))
+        for n in notes
+    ]
+    return b"[" + b",".join(parts) + b"]"

@@ -251,6 +251,9 @@ class World:
         self.faults = FaultInjector()
         self.request_log = RequestLog()
         self.clock_offset_ms = 0
+        # Rendered JSON of items and notes (gitlab_sim.render.json_array): a bench must
+        # measure the service, not the simulator re-encoding unchanged items on every page.
+        self.rendered: dict[tuple[str, int], tuple[tuple[Any, ...], bytes]] = {}
         self._next_id = {"user": 1, "project": 1, "issue": 1, "merge_request": 1, "note": 1}
         # Tokens made at run time are random unless a seed asks for reproducible ones.
         self._token_rng = random.Random(token_seed) if token_seed is not None else None
