@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import (
     Account,
@@ -443,6 +443,28 @@ async def advance_cursor(
     )
 
 
+async def advance_cursors(
+    session: AsyncSession, user_id: str, cursors: dict[str, datetime]
+) -> None:
+    """Several projects' cursors in one statement (idle projects of one user)."""
+    if not cursors:
+        return
+    now = utcnow()
+    params = [
+        {
+            "user_id": user_id,
+            "gitlab_project_id": pid,
+            "cursor_at": at,
+            "last_success_at": now,
+            "last_error": None,
+            "last_error_at": None,
+            "updated_at": now,
+        }
+        for pid, at in sorted(cursors.items())  # a stable order: no lock-order surprises
+    ]
+    await session.execute(_cached(session, "advance_cursor", _build_advance_cursor), params)
+
+
 async def record_project_error(
     session: AsyncSession, user_id: str, gitlab_project_id: str, error: str
 ) -> None:
@@ -538,6 +560,17 @@ async def release_lease(session: AsyncSession, user_id: str, holder: str) -> Non
     await session.execute(
         sa.delete(SyncLease).where(SyncLease.user_id == user_id, SyncLease.holder == holder)
     )
+
+
+async def try_advisory_lock(session: AsyncSession, key: int) -> bool:
+    """PostgreSQL session advisory lock: held until unlocked or the connection ends."""
+    stmt = sa.select(sa.func.pg_try_advisory_lock(sa.bindparam("key", key, sa.BigInteger)))
+    return bool((await session.execute(stmt)).scalar_one())
+
+
+async def advisory_unlock(conn: AsyncConnection, key: int) -> None:
+    stmt = sa.select(sa.func.pg_advisory_unlock(sa.bindparam("key", key, sa.BigInteger)))
+    await conn.execute(stmt)
 
 
 async def live_leases(session: AsyncSession) -> list[SyncLease]:

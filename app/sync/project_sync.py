@@ -21,7 +21,7 @@ from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabBadResponse
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.settings import Settings
-from app.sync.deps import SyncDeps
+from app.sync.deps import SessionFactory, SyncDeps
 from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
 
 # Pages of one list whose notes and storage may run while the next page is fetched.
@@ -38,6 +38,10 @@ class ProjectOutcome:
     stored: int = 0
     updated: int = 0
     error: BaseException | None = None
+    pages_stored: int = 0
+    # A listing that stored nothing leaves its cursor to the caller, who writes every such
+    # cursor of the user in one statement (with LastSync): no transaction per idle project.
+    pending_cursor: datetime | None = None
 
 
 def fetch_since(
@@ -67,19 +71,28 @@ async def sync_project(
     project: MonitoredProject,
     since_cursor: SyncCursor | None,
     last_sync_at: datetime | None,
+    sessions: SessionFactory | None = None,
 ) -> ProjectOutcome:
-    """Sync one project; its errors are returned in the outcome, never raised."""
+    """Sync one project; its errors are returned in the outcome, never raised.
+
+    The cursor is written here when the fetch stored pages (their progress is kept even if
+    the user fails later); otherwise it is returned as `pending_cursor`.
+    """
     outcome = ProjectOutcome(project=project)
     # The cursor moves to when this fetch STARTED: anything changed during the fetch is at
     # or after it, so the next run sees it (the original lost such changes).
     fetch_started = utcnow()
     since = fetch_since(deps.settings, project, since_cursor, last_sync_at, fetch_started)
-    listing = _Listing(deps, user_id, client, project, since, fetch_started, outcome)
+    sessions = sessions or deps.sessionmaker
+    listing = _Listing(sessions, user_id, client, project, since, fetch_started, outcome)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(listing.sync("Issue"))
             tg.create_task(listing.sync("MergeRequest"))
-        async with deps.sessionmaker() as s, s.begin():
+        if not outcome.pages_stored:
+            outcome.pending_cursor = fetch_started
+            return outcome
+        async with sessions() as s, s.begin():
             await repo.advance_cursor(s, user_id, project.gitlabProjectId, fetch_started)
     except Exception as exc:  # noqa: BLE001 - reported per project; the cursor stays put
         outcome.error = first_leaf(exc)
@@ -98,7 +111,7 @@ class _Listing:
 
     def __init__(
         self,
-        deps: SyncDeps,
+        sessions: SessionFactory,
         user_id: str,
         client: GitLabClient,
         project: MonitoredProject,
@@ -106,7 +119,7 @@ class _Listing:
         fetch_started: datetime,
         outcome: ProjectOutcome,
     ) -> None:
-        self.deps = deps
+        self.sessions = sessions
         self.user_id = user_id
         self.client = client
         self.project = project
@@ -175,9 +188,10 @@ class _Listing:
             notes: list[EventRow] = []
             for part in await asyncio.gather(*(self._notes(kind, item) for item in noted)):
                 notes.extend(part)
-            async with self.deps.sessionmaker() as s, s.begin():
+            async with self.sessions() as s, s.begin():
                 items_counts = await repo.upsert_events(s, self.user_id, rows)
                 notes_counts = await repo.upsert_events(s, self.user_id, notes)
+            self.outcome.pages_stored += 1
             label = "issue" if kind == "Issue" else "merge_request"
             for name, counts in ((label, items_counts), ("comment", notes_counts)):
                 self.outcome.stored += counts.inserted

@@ -26,7 +26,8 @@ BOUND = 15.0  # upper bound on any wait for the heartbeat (a hang fails, it neve
 
 @pytest.fixture
 async def deps(db_url, sessionmaker) -> AsyncIterator[SyncDeps]:
-    settings = make_settings(db_url, lease_ttl_seconds=TTL)
+    # The table lease on both databases; the advisory lock (PostgreSQL) is tested below.
+    settings = make_settings(db_url, lease_ttl_seconds=TTL, lease_backend="table")
     async with httpx.AsyncClient() as http:
         yield SyncDeps(settings=settings, sessionmaker=sessionmaker, http=http)
 

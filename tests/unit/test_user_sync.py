@@ -43,7 +43,9 @@ def user_id(db_url, sim) -> str:
 
 
 def settings_for(db_url: str, sim: SimulatorServer, **overrides: Any) -> Settings:
-    return make_settings(db_url, sim.url, **{"gitlab_max_attempts": 1, **overrides})
+    # Lease rows, so tests can read and rewrite them (the advisory lock: test_lease.py).
+    base = {"gitlab_max_attempts": 1, "lease_backend": "table"}
+    return make_settings(db_url, sim.url, **{**base, **overrides})
 
 
 @asynccontextmanager
