@@ -32,7 +32,11 @@ _KEY_NAMESPACE = b"gitlab-insights:user-sync:"
 
 
 class LeaseLost(Exception):
-    """Another run took the user over (our lease expired, or its connection dropped)."""
+    """Another run took the user over (our lease expired while we worked)."""
+
+
+class LeaseConnectionLost(LeaseLost):
+    """The connection holding an advisory lock dropped (database gone): so did the lock."""
 
 
 def advisory_key(user_id: str) -> int:
@@ -130,7 +134,7 @@ class UserLease:
             self._conn = await _engine(self.deps).connect()
         elif self._conn.invalidated or self._conn.closed:
             # The connection dropped: so did the lock, and another run may hold the user.
-            raise LeaseLost(f"connection holding the lease on user {self.user_id} was lost")
+            raise LeaseConnectionLost(f"connection holding user {self.user_id}'s lock was lost")
         return self._conn
 
     async def _unlock(self) -> None:

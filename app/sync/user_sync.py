@@ -32,7 +32,7 @@ from app.logging import redact
 from app.settings import Settings
 from app.sync import tokens
 from app.sync.deps import SyncDeps
-from app.sync.lease import LeaseLost, UserLease
+from app.sync.lease import LeaseConnectionLost, LeaseLost, UserLease
 from app.sync.project_sync import ProjectOutcome, sync_project
 from app.sync.results import ProjectFailure, UserResult, UserSkipped
 
@@ -162,6 +162,8 @@ def _record_exception(result: UserResult, exc: Exception) -> None:
         result.status, result.reason = "skipped", exc.reason
     elif isinstance(exc, TimeoutError):
         result.status, result.reason = "failed", "deadline_exceeded"
+    elif isinstance(exc, LeaseConnectionLost):
+        result.status, result.reason = "failed", "database_unavailable"
     elif isinstance(exc, LeaseLost):
         result.status, result.reason = "failed", "lease_lost"
     else:
