@@ -57,6 +57,7 @@ class UserLease:
         self.advisory = not settings.is_sqlite and settings.lease_backend == "advisory"
         self._conn: AsyncConnection | None = None  # advisory: the connection holding the lock
         self._locked = False
+        self._spent = False  # the lock was given back: nothing may run as its holder any more
         self._release_after_commit = False
         self._gate = asyncio.Lock()  # one transaction at a time on that connection
 
@@ -130,6 +131,8 @@ class UserLease:
     # --- advisory lock ------------------------------------------------------------------------
 
     async def _connection(self) -> AsyncConnection:
+        if self._spent:
+            raise LeaseLost(f"lease on user {self.user_id} was already released")
         if self._conn is None:
             self._conn = await _engine(self.deps).connect()
         elif self._conn.invalidated or self._conn.closed:
@@ -156,7 +159,7 @@ class UserLease:
                 raise
             self._warn("advisory unlock failed (connection discarded)", exc)
         finally:
-            self._locked = False
+            self._spent, self._locked = self._spent or self._locked, False
             await conn.close()
 
     # --- table lease heartbeat ------------------------------------------------------------------

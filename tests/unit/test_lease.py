@@ -370,3 +370,14 @@ async def test_advisory_lock_is_freed_when_the_holding_connection_closes(pg_deps
     assert len(advisory_holders(pg_url)) == 1
     await second.release()
     assert advisory_holders(pg_url) == []
+
+
+async def test_advisory_lease_is_not_used_after_its_release(pg_deps, pg_url):
+    """A released lease never quietly checks out a new, unlocked connection."""
+    uid = add_user(pg_url, "adv@example.com", "adv-token")
+    lease = UserLease(pg_deps, uid, "run-1")
+    assert await claim(lease)
+    await lease.release()
+    with pytest.raises(LeaseLost):
+        async with lease.session():
+            pass
