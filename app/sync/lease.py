@@ -92,7 +92,8 @@ class UserLease:
         """Undo a claim that did not complete. Advisory: free the lock if it was taken and
         hand the connection back; a table lease went with the claim's rolled-back transaction."""
         if self.advisory:
-            await self._unlock()
+            async with self._gate:
+                await self._unlock()
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -116,7 +117,8 @@ class UserLease:
         if self.advisory:
             if session is not None:
                 self._release_after_commit = True
-            else:
+                return
+            async with self._gate:  # after any write still finishing (shielded page stores)
                 await self._unlock()
             return
         if session is not None:

@@ -188,18 +188,29 @@ class _Listing:
             notes: list[EventRow] = []
             for part in await asyncio.gather(*(self._notes(kind, item) for item in noted)):
                 notes.extend(part)
-            async with self.sessions() as s, s.begin():
-                items_counts = await repo.upsert_events(s, self.user_id, rows)
-                notes_counts = await repo.upsert_events(s, self.user_id, notes)
-            self.outcome.pages_stored += 1
-            label = "issue" if kind == "Issue" else "merge_request"
-            for name, counts in ((label, items_counts), ("comment", notes_counts)):
-                self.outcome.stored += counts.inserted
-                self.outcome.updated += counts.updated
-                metrics.EVENTS.labels(name, "stored").inc(counts.inserted)
-                metrics.EVENTS.labels(name, "updated").inc(counts.updated)
+            # A failing sibling listing cancels this task; a statement cut off mid-way would
+            # cost the connection (on PostgreSQL the one holding the user's lock). So the
+            # write finishes first (storing it is harmless), then the cancellation goes on.
+            write = asyncio.ensure_future(self._write(kind, rows, notes))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write
+                raise
         finally:
             gate.release()
+
+    async def _write(self, kind: NoteableType, rows: list[EventRow], notes: list[EventRow]) -> None:
+        async with self.sessions() as s, s.begin():
+            items_counts = await repo.upsert_events(s, self.user_id, rows)
+            notes_counts = await repo.upsert_events(s, self.user_id, notes)
+        self.outcome.pages_stored += 1
+        label = "issue" if kind == "Issue" else "merge_request"
+        for name, counts in ((label, items_counts), ("comment", notes_counts)):
+            self.outcome.stored += counts.inserted
+            self.outcome.updated += counts.updated
+            metrics.EVENTS.labels(name, "stored").inc(counts.inserted)
+            metrics.EVENTS.labels(name, "updated").inc(counts.updated)
 
     def _row(self, item: Item) -> EventRow:
         if isinstance(item, GitLabIssue):

@@ -199,20 +199,7 @@ async def sync_projects(
     for attempt in range(1, policy.attempts + 1):
         result.attempts = attempt
         client = GitLabClient(deps.http, deps.settings, token, on_request=_record_request)
-        done = await asyncio.gather(
-            *(
-                sync_project(
-                    deps,
-                    user_id,
-                    client,
-                    p,
-                    cursors.get(p.gitlabProjectId),
-                    last_sync_at,
-                    lease.session,
-                )
-                for p in pending
-            )
-        )
+        done = await _sync_pending(deps, lease, client, pending, cursors, last_sync_at)
         outcomes.update((o.project.gitlabProjectId, o) for o in done)
         # Counted as it happens, over every attempt: what a failed attempt stored stays
         # stored (its retry finds those rows unchanged), and a user that fails later still
@@ -239,13 +226,36 @@ async def sync_projects(
         await retry.sleep(policy.delay(attempt, _requested_wait(failed)))
     failures = [o for o in outcomes.values() if o.error is not None]
     idle = {
-        pid: o.pending_cursor
-        for pid, o in outcomes.items()
-        if o.error is None and o.pending_cursor is not None
+        pid: o.pending_cursor for pid, o in outcomes.items() if o.pending_cursor and not o.error
     }
     if failures:
         await _report_failures(lease, failures, idle, result)
     return Synced(all_synced=not failures, pending_cursors=idle)
+
+
+async def _sync_pending(
+    deps: SyncDeps,
+    lease: UserLease,
+    client: GitLabClient,
+    pending: list[MonitoredProject],
+    cursors: dict[str, SyncCursor],
+    last_sync_at: datetime | None,
+) -> list[ProjectOutcome]:
+    """One attempt: the pending projects concurrently, on the lease's sessions."""
+    return await asyncio.gather(
+        *(
+            sync_project(
+                deps,
+                lease.user_id,
+                client,
+                p,
+                cursors.get(p.gitlabProjectId),
+                last_sync_at,
+                lease.session,
+            )
+            for p in pending
+        )
+    )
 
 
 def _requested_wait(failed: list[ProjectOutcome]) -> float | None:
