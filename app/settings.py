@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     user_retry_backoff_base: PositiveFloat = 1.0
     user_sync_deadline_seconds: float = Field(600.0, gt=0)
     lease_ttl_seconds: float = Field(60.0, ge=1)
+    # PostgreSQL: session advisory locks (freed when a dead process's connection drops).
+    # "table" forces lease rows, for transaction-mode poolers (PgBouncer) where a session
+    # lock would outlive its client; SQLite always uses the table.
+    lease_backend: Literal["advisory", "table"] = "advisory"
     gitlab_down_threshold: int = Field(3, ge=1)
     gitlab_down_retry_after_seconds: int = Field(120, ge=1)
 

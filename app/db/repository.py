@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import (
     Account,
@@ -28,7 +28,7 @@ from app.db.models import (
     new_id,
     utcnow,
 )
-from app.db.rows import EventRow
+from app.db.rows import CursorMove, EventRow
 
 GITLAB_PROVIDER = "gitlab"
 
@@ -461,23 +461,35 @@ async def advance_cursor(
 ) -> None:
     """Move the cursor forward (never back). `backfill_from` is kept only when this is the
     project's first successful sync; `reconcile_due_at` only when none is scheduled."""
+    move = CursorMove(cursor_at, backfill_from, reconcile_due_at)
+    await advance_cursors(session, user_id, {gitlab_project_id: move})
+
+
+async def advance_cursors(
+    session: AsyncSession, user_id: str, moves: dict[str, CursorMove]
+) -> None:
+    """Several projects' cursors in one statement (the idle projects of one user)."""
+    if not moves:
+        return
     now = utcnow()
-    await session.execute(
-        _cached(session, "advance_cursor", _build_advance_cursor),
+    params = [
         {
             "user_id": user_id,
-            "gitlab_project_id": gitlab_project_id,
-            "cursor_at": cursor_at,
+            "gitlab_project_id": pid,
+            "cursor_at": move.cursor_at,
             "last_success_at": now,
             "last_error": None,
             "last_error_at": None,
             "updated_at": now,
             "access_check_at": None,
             "access_lost_at": None,
-            "backfill_from": backfill_from,
-            "reconcile_due_at": reconcile_due_at,
-        },
-    )
+            "backfill_from": move.backfill_from,
+            "reconcile_due_at": move.reconcile_due_at,
+        }
+        for pid, move in sorted(moves.items())  # a stable order: no lock-order surprises
+    ]
+    stmt = _cached(session, "advance_cursor", _build_advance_cursor)
+    await session.execute(stmt, params[0] if len(params) == 1 else params)
 
 
 async def record_project_error(
@@ -688,6 +700,17 @@ async def release_lease(session: AsyncSession, user_id: str, holder: str) -> Non
     await session.execute(
         sa.delete(SyncLease).where(SyncLease.user_id == user_id, SyncLease.holder == holder)
     )
+
+
+async def try_advisory_lock(session: AsyncSession, key: int) -> bool:
+    """PostgreSQL session advisory lock: held until unlocked or the connection ends."""
+    stmt = sa.select(sa.func.pg_try_advisory_lock(sa.bindparam("key", key, sa.BigInteger)))
+    return bool((await session.execute(stmt)).scalar_one())
+
+
+async def advisory_unlock(conn: AsyncConnection, key: int) -> None:
+    stmt = sa.select(sa.func.pg_advisory_unlock(sa.bindparam("key", key, sa.BigInteger)))
+    await conn.execute(stmt)
 
 
 async def live_leases(session: AsyncSession) -> list[SyncLease]:

@@ -7,7 +7,7 @@ database, and `db/repository.py` writes them without knowing where they came fro
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 
 class EventRow(TypedDict):
@@ -24,3 +24,14 @@ class EventRow(TypedDict):
     gitlabEventId: str
     gitlabUrl: str
     createdAt: datetime
+
+
+class CursorMove(NamedTuple):
+    """A project's cursor moving after a successful fetch (repository.advance_cursors).
+
+    `backfill_from` is kept only by the project's first sync, `reconcile_due_at` only when
+    none is scheduled."""
+
+    cursor_at: datetime
+    backfill_from: datetime | None = None
+    reconcile_due_at: datetime | None = None

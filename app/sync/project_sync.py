@@ -16,14 +16,14 @@ from datetime import datetime, timedelta
 from app import metrics
 from app.db import repository as repo
 from app.db.models import MonitoredProject, SyncCursor, utcnow
-from app.db.rows import EventRow
+from app.db.rows import CursorMove, EventRow
 from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabBadResponse
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.settings import Settings
 from app.sync import access
 from app.sync.deletions import ALL_HISTORY, Candidates, first_reconcile_at, missing_comments
-from app.sync.deps import SyncDeps
+from app.sync.deps import SessionFactory, SyncDeps
 from app.sync.removals import confirm_gone, load_stored, remove_events
 from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
 
@@ -44,6 +44,10 @@ class ProjectOutcome:
     # Set while the user cannot read the project (its events removed); not an error.
     access_lost_at: datetime | None = None
     error: BaseException | None = None
+    pages_stored: int = 0
+    # A listing that stored nothing leaves its cursor to the caller, who writes every such
+    # cursor of the user in one statement (with LastSync): no transaction per idle project.
+    pending_cursor: CursorMove | None = None
 
 
 def _adopted(
@@ -106,17 +110,22 @@ async def sync_project(
     project: MonitoredProject,
     since_cursor: SyncCursor | None,
     last_sync_at: datetime | None,
+    sessions: SessionFactory | None = None,
 ) -> ProjectOutcome:
     """Sync one project; its errors are returned in the outcome, never raised.
 
     A project marked lost is only asked for (`GET /projects/:id`) until it answers again; a
     refused listing is checked for an access loss (access.py).
+
+    The cursor is written here when the fetch stored pages (their progress is kept even if
+    the user fails later); otherwise it is returned as `pending_cursor`.
     """
     outcome = ProjectOutcome(project=project)
     try:
         outcome.access_lost_at = await access.still_lost(client, project, since_cursor)
         if outcome.access_lost_at is None:
-            await _fetch(deps, user_id, client, since_cursor, last_sync_at, outcome)
+            sessions = sessions or deps.sessionmaker
+            await _fetch(deps, sessions, user_id, client, since_cursor, last_sync_at, outcome)
     except Exception as exc:  # noqa: BLE001 - reported per project; the cursor stays put
         outcome.error = first_leaf(exc)
     if access.is_refusal(outcome.error):
@@ -126,6 +135,7 @@ async def sync_project(
 
 async def _fetch(
     deps: SyncDeps,
+    sessions: SessionFactory,
     user_id: str,
     client: GitLabClient,
     cursor: SyncCursor | None,
@@ -138,20 +148,21 @@ async def _fetch(
     # or after it, so the next run sees it (the original lost such changes).
     fetch_started = utcnow()
     since = fetch_since(deps.settings, project, cursor, last_sync_at, fetch_started)
-    listing = _Listing(deps, user_id, client, project, since, fetch_started, outcome)
+    listing = _Listing(deps, sessions, user_id, client, project, since, fetch_started, outcome)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(listing.sync("Issue"))
         tg.create_task(listing.sync("MergeRequest"))
     await listing.remove_deleted_comments()
-    async with deps.sessionmaker() as s, s.begin():
-        await repo.advance_cursor(
-            s,
-            user_id,
-            project.gitlabProjectId,
-            fetch_started,
-            backfill_from=backfill_from(project, cursor, last_sync_at, since),
-            reconcile_due_at=first_reconcile_due(deps.settings, user_id, project, fetch_started),
-        )
+    move = CursorMove(
+        fetch_started,
+        backfill_from=backfill_from(project, cursor, last_sync_at, since),
+        reconcile_due_at=first_reconcile_due(deps.settings, user_id, project, fetch_started),
+    )
+    if not outcome.pages_stored and not outcome.removed:
+        outcome.pending_cursor = move
+        return
+    async with sessions() as s, s.begin():
+        await repo.advance_cursors(s, user_id, {project.gitlabProjectId: move})
 
 
 async def _check_refusal(
@@ -185,6 +196,7 @@ class _Listing:
     def __init__(
         self,
         deps: SyncDeps,
+        sessions: SessionFactory,
         user_id: str,
         client: GitLabClient,
         project: MonitoredProject,
@@ -193,6 +205,7 @@ class _Listing:
         outcome: ProjectOutcome,
     ) -> None:
         self.deps = deps
+        self.sessions = sessions  # the page stores (on the lease's connection, advisory)
         self.user_id = user_id
         self.client = client
         self.project = project
@@ -267,15 +280,15 @@ class _Listing:
                 ids = {item.id: row["gitlabEventId"] for item, row in zip(page, rows, strict=True)}
                 for item, part in zip(noted, parts, strict=True):
                     self.notes_read[ids[item.id]] = {row["gitlabEventId"] for row in part}
-            async with self.deps.sessionmaker() as s, s.begin():
-                items_counts = await repo.upsert_events(s, self.user_id, rows)
-                notes_counts = await repo.upsert_events(s, self.user_id, notes)
-            label = "issue" if kind == "Issue" else "merge_request"
-            for name, counts in ((label, items_counts), ("comment", notes_counts)):
-                self.outcome.stored += counts.inserted
-                self.outcome.updated += counts.updated
-                metrics.EVENTS.labels(name, "stored").inc(counts.inserted)
-                metrics.EVENTS.labels(name, "updated").inc(counts.updated)
+            # A failing sibling listing cancels this task; a statement cut off mid-way would
+            # cost the connection (on PostgreSQL the one holding the user's lock). So the
+            # write finishes first (storing it is harmless), then the cancellation goes on.
+            write = asyncio.ensure_future(self._write(kind, rows, notes))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write
+                raise
         finally:
             gate.release()
 
@@ -291,6 +304,18 @@ class _Listing:
         pid = self.project.gitlabProjectId
         gone = await confirm_gone(self.client, pid, stored, candidates)
         self.outcome.removed += await remove_events(self.deps, self.user_id, pid, gone, "notes")
+
+    async def _write(self, kind: NoteableType, rows: list[EventRow], notes: list[EventRow]) -> None:
+        async with self.sessions() as s, s.begin():
+            items_counts = await repo.upsert_events(s, self.user_id, rows)
+            notes_counts = await repo.upsert_events(s, self.user_id, notes)
+        self.outcome.pages_stored += 1
+        label = "issue" if kind == "Issue" else "merge_request"
+        for name, counts in ((label, items_counts), ("comment", notes_counts)):
+            self.outcome.stored += counts.inserted
+            self.outcome.updated += counts.updated
+            metrics.EVENTS.labels(name, "stored").inc(counts.inserted)
+            metrics.EVENTS.labels(name, "updated").inc(counts.updated)
 
     def _row(self, item: Item) -> EventRow:
         if isinstance(item, GitLabIssue):

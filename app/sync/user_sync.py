@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from time import perf_counter
 
 from loguru import logger
@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from app import metrics, retry
 from app.db import repository as repo
 from app.db.models import Account, LastSync, MonitoredProject, SyncCursor, utcnow
+from app.db.rows import CursorMove
 from app.gitlab.client import GitLabClient, RequestInfo
 from app.gitlab.errors import (
     GitLabAPIError,
@@ -32,7 +33,7 @@ from app.logging import redact
 from app.settings import Settings
 from app.sync import tokens
 from app.sync.deps import SyncDeps
-from app.sync.lease import LeaseLost, UserLease
+from app.sync.lease import LeaseConnectionLost, LeaseLost, UserLease
 from app.sync.project_sync import ProjectOutcome, sync_project
 from app.sync.reconcile import reconcile_due
 from app.sync.results import AccessLostProject, ProjectFailure, UserResult, UserSkipped
@@ -103,8 +104,16 @@ async def sync_user(
 async def claim_user(deps: SyncDeps, lease: UserLease, *, manual: bool) -> Claim:
     """One transaction: the freshness check, the lease, and everything the sync reads first
     (token, projects, cursors, LastSync). Raises UserSkipped (fresh, in_progress)."""
+    try:
+        return await _claim(deps, lease, manual=manual)
+    except BaseException:
+        await lease.abandon()
+        raise
+
+
+async def _claim(deps: SyncDeps, lease: UserLease, *, manual: bool) -> Claim:
     settings = deps.settings
-    async with deps.sessionmaker() as s, s.begin():
+    async with lease.session() as s, s.begin():
         last = await repo.get_last_sync(s, lease.user_id)
         if manual and settings.min_refresh_interval_seconds > 0 and last is not None:
             horizon = utcnow() - timedelta(seconds=settings.min_refresh_interval_seconds)
@@ -134,11 +143,13 @@ async def _sync(deps: SyncDeps, lease: UserLease, result: UserResult, *, manual:
         return
     try:
         async with asyncio.timeout(deps.settings.user_sync_deadline_seconds), lease.held():
-            synced = await sync_projects(deps, lease.user_id, claim, result)
-        if synced:
-            async with deps.sessionmaker() as s, s.begin():
+            synced = await sync_projects(deps, lease, claim, result)
+        if synced.all_synced:
+            # One transaction: the idle projects' cursors, LastSync and the lease's release.
+            async with lease.session() as s, s.begin():
+                await repo.advance_cursors(s, lease.user_id, synced.pending_cursors)
                 await repo.upsert_last_sync(s, lease.user_id, started)
-                await lease.release(s)  # with LastSync: one transaction instead of two
+                await lease.release(s)
             result.status = "processed"
             return
     except asyncio.CancelledError:
@@ -154,6 +165,8 @@ def _record_exception(result: UserResult, exc: Exception) -> None:
         result.status, result.reason = "skipped", exc.reason
     elif isinstance(exc, TimeoutError):
         result.status, result.reason = "failed", "deadline_exceeded"
+    elif isinstance(exc, LeaseConnectionLost):
+        result.status, result.reason = "failed", "database_unavailable"
     elif isinstance(exc, LeaseLost):
         result.status, result.reason = "failed", "lease_lost"
     else:
@@ -161,12 +174,23 @@ def _record_exception(result: UserResult, exc: Exception) -> None:
         logger.bind(user_id=result.user_id).error("user sync failed: {}", describe_error(exc))
 
 
-async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: UserResult) -> bool:
-    """Every monitored project, failed ones retried; True when all of them synced.
+@dataclass(frozen=True, slots=True)
+class Synced:
+    all_synced: bool
+    # Cursors of projects whose fetch stored nothing, for the caller's final transaction.
+    pending_cursors: dict[str, CursorMove]
 
-    Each retry resumes from the cursors: projects that synced are not fetched again. An
-    expired token is refreshed once; any other 401 skips the user (it needs re-authorizing).
+
+async def sync_projects(
+    deps: SyncDeps, lease: UserLease, claim: Claim, result: UserResult
+) -> Synced:
+    """Every monitored project, failed ones retried.
+
+    A retry fetches only the failed projects, from their claimed cursors (a failed project
+    never moves its cursor). An expired token is refreshed once; any other 401 skips the
+    user (it needs re-authorizing).
     """
+    user_id = lease.user_id
     token = await tokens.access_token(deps, user_id, claim.account)
     result.projects = len(claim.projects)
     if not claim.projects:
@@ -178,12 +202,7 @@ async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: User
     for attempt in range(1, policy.attempts + 1):
         result.attempts = attempt
         client = GitLabClient(deps.http, deps.settings, token, on_request=_record_request)
-        done = await asyncio.gather(
-            *(
-                sync_project(deps, user_id, client, p, cursors.get(p.gitlabProjectId), last_sync_at)
-                for p in pending
-            )
-        )
+        done = await _sync_pending(deps, lease, client, pending, cursors, last_sync_at)
         outcomes.update((o.project.gitlabProjectId, o) for o in done)
         # Counted as it happens, over every attempt: what a failed attempt stored stays
         # stored (its retry finds those rows unchanged), and a user that fails later still
@@ -192,26 +211,56 @@ async def sync_projects(deps: SyncDeps, user_id: str, claim: Claim, result: User
         result.updated += sum(o.updated for o in done)
         result.removed += sum(o.removed for o in done)
         failed = [o for o in done if o.error is not None]
+        lost = next((o.error for o in failed if isinstance(o.error, LeaseLost)), None)
+        if lost is not None:
+            raise lost
         if not failed:
             break
         auth = next((o.error for o in failed if isinstance(o.error, GitLabAuthError)), None)
         if isinstance(auth, GitLabAuthError):
             if auth.reason != "expired" or refreshed:
                 raise UserSkipped(f"token_{auth.reason}", str(auth))
-            token, refreshed = await tokens.refresh(deps, user_id, token), True
+            token = await tokens.refresh(deps, user_id, token, lease.session)
+            refreshed = True
             pending = [o.project for o in failed]
             continue
         pending = [o.project for o in failed if is_transient(o.error)]
         if not pending or not policy.retries_left(attempt):
             break
-        async with deps.sessionmaker() as s:
-            cursors = await repo.get_cursors(s, user_id)
         await retry.sleep(policy.delay(attempt, _requested_wait(failed)))
     await _after_sync(deps, user_id, token, claim, list(outcomes.values()), result)
     failures = [o for o in outcomes.values() if o.error is not None]
+    idle = {
+        pid: o.pending_cursor for pid, o in outcomes.items() if o.pending_cursor and not o.error
+    }
     if failures:
-        await _report_failures(deps, user_id, failures, result)
-    return not failures
+        await _report_failures(lease, failures, idle, result)
+    return Synced(all_synced=not failures, pending_cursors=idle)
+
+
+async def _sync_pending(
+    deps: SyncDeps,
+    lease: UserLease,
+    client: GitLabClient,
+    pending: list[MonitoredProject],
+    cursors: dict[str, SyncCursor],
+    last_sync_at: datetime | None,
+) -> list[ProjectOutcome]:
+    """One attempt: the pending projects concurrently, on the lease's sessions."""
+    return await asyncio.gather(
+        *(
+            sync_project(
+                deps,
+                lease.user_id,
+                client,
+                p,
+                cursors.get(p.gitlabProjectId),
+                last_sync_at,
+                lease.session,
+            )
+            for p in pending
+        )
+    )
 
 
 async def _after_sync(
@@ -244,8 +293,13 @@ def _requested_wait(failed: list[ProjectOutcome]) -> float | None:
 
 
 async def _report_failures(
-    deps: SyncDeps, user_id: str, failures: list[ProjectOutcome], result: UserResult
+    lease: UserLease,
+    failures: list[ProjectOutcome],
+    idle: dict[str, CursorMove],
+    result: UserResult,
 ) -> None:
+    """The failed projects' errors, with the synced idle projects' cursors."""
+    user_id = lease.user_id
     result.status, result.reason = "failed", "projects_failed"
     result.failed_projects = [
         ProjectFailure(
@@ -259,7 +313,8 @@ async def _report_failures(
         for o in failures
     ]
     try:
-        async with deps.sessionmaker() as s, s.begin():
+        async with lease.session() as s, s.begin():
+            await repo.advance_cursors(s, user_id, idle)
             for o in failures:
                 await repo.record_project_error(
                     s, user_id, o.project.gitlabProjectId, describe_error(o.error)

@@ -32,12 +32,13 @@ from inngest._internal import server_lib
 from inngest._internal.net import sign_request, validate_response_sig
 from loguru import logger
 
-from app.db import repository as repo
 from app.db.migrate import upgrade_to_head
 from app.db.models import Event, LastSync, PollRun
 from app.jobs import inngest_app
 from app.main import create_app
 from app.settings import Settings, load_settings
+from app.sync.deps import SyncDeps
+from app.sync.lease import UserLease
 from gitlab_sim.expected import expected_events as oracle_events
 from gitlab_sim.server import SimulatorServer
 from tests.support import add_user
@@ -844,11 +845,16 @@ async def test_user_sync_shares_the_lease_with_api_poll(db_url, fake_inngest) ->
         settings = inngest_settings(db_url, sim.url)
         async with running_app(settings) as (app, http):
             [uid] = await seed_world(app, sim)
-            async with app.state.sessionmaker() as s, s.begin():
-                assert await repo.try_acquire_lease(s, uid, "api-poll-run", 60)
-            run = await Executor(http).run(
-                USER_SYNC, make_event(inngest_app.USER_SYNC_EVENT, {"user_id": uid})
-            )
+            # The other run's claim, as it takes it (advisory lock on PostgreSQL, row on SQLite).
+            other = UserLease(SyncDeps(settings, app.state.sessionmaker, http), uid, "api-poll")
+            async with other.session() as s, s.begin():
+                assert await other.acquire(s)
+            try:
+                run = await Executor(http).run(
+                    USER_SYNC, make_event(inngest_app.USER_SYNC_EVENT, {"user_id": uid})
+                )
+            finally:
+                await other.release()
             assert run.status == "completed"
             assert run.output["status"] == "skipped" and run.output["reason"] == "in_progress"
             assert await stored_events(app, uid) == []

@@ -130,7 +130,12 @@ def test_sigkill_mid_run_then_restart_restores_equality_without_stuck_leases(pg_
     ) as sim:
         sim.world.configure(latency_ms=10)
         users = _seed_users(pg_url, sim, 30)
-        env = {"gitlab_per_page": 5, "poll_concurrency": 5, "lease_ttl_seconds": 2}
+        env = {
+            "gitlab_per_page": 5,
+            "poll_concurrency": 5,
+            "lease_ttl_seconds": 2,
+            "lease_backend": "table",  # lease rows (transaction-mode poolers); advisory: below
+        }
         first = ServiceProcess(pg_url, sim.url, tmp_path, **env).start()
         try:
             t = threading.Thread(target=lambda: _swallow(first.poll, 120), daemon=True)
@@ -162,6 +167,56 @@ def test_sigkill_mid_run_then_restart_restores_equality_without_stuck_leases(pg_
         for uid, (name, pids) in users.items():
             assert_equal_truth(pg_url, uid, sim, name, pids)
         assert query(pg_url, "SELECT count(*) FROM sync_lease") == [(0,)]
+
+
+def _advisory_locks(db_url: str) -> int:
+    """Advisory locks held in this test's database (the service's user claims)."""
+    return query(
+        db_url,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )[0][0]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_restart_syncs_every_user_at_once_with_advisory_locks(
+    pg_url, tmp_path
+):
+    """The default lease on PostgreSQL: the killed process's locks go with its connections,
+    so the restarted service's first poll syncs every user (none skipped as in_progress),
+    however long LEASE_TTL_SECONDS is."""
+    with SimulatorServer(
+        seed=23, users=30, projects=6, issues=20, merge_requests=6, notes=2
+    ) as sim:
+        sim.world.configure(latency_ms=10)
+        users = _seed_users(pg_url, sim, 30)
+        env = {"gitlab_per_page": 5, "poll_concurrency": 5, "lease_ttl_seconds": 3600}
+        first = ServiceProcess(pg_url, sim.url, tmp_path, **env).start()
+        try:
+            t = threading.Thread(target=lambda: _swallow(first.poll, 120), daemon=True)
+            t.start()
+            assert _wait_for(
+                lambda: query(pg_url, 'SELECT count(*) FROM "LastSync"')[0][0] >= 3, 90
+            )
+            assert _advisory_locks(pg_url) > 0  # users in flight hold their locks
+            first.kill()
+        finally:
+            first.stop()
+        t.join(timeout=30)
+        assert query(pg_url, 'SELECT count(*) FROM "LastSync"')[0][0] < len(users)
+        problems, _ = check_all_horizons(pg_url, sim, users)
+        assert not problems, problems[:5]
+        assert query(pg_url, "SELECT count(*) FROM sync_lease") == [(0,)]  # no rows to expire
+        # PostgreSQL ends the dead process's sessions as soon as it sees their sockets closed.
+        assert _wait_for(lambda: _advisory_locks(pg_url) == 0, 30)
+        with ServiceProcess(pg_url, sim.url, tmp_path, **env) as second:
+            r = second.poll(timeout=180)
+        assert r.status_code == 200, r.text
+        s = r.json()
+        assert s["processed"] == len(users), [u for u in s["users"] if u["status"] != "processed"]
+        for uid, (name, pids) in users.items():
+            assert_equal_truth(pg_url, uid, sim, name, pids)
+        assert _advisory_locks(pg_url) == 0  # every lock was given back
 
 
 def _swallow(fn, timeout: float) -> None:

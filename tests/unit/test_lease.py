@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from app.db.models import SyncLease, utcnow
 from app.sync.deps import SyncDeps
 from app.sync.lease import LeaseLost, UserLease
-from tests.support import add_user, make_settings
+from tests.support import add_user, make_settings, query
 
 TTL = 1.0  # the smallest LEASE_TTL_SECONDS allowed: a beat every TTL/3
 BOUND = 15.0  # upper bound on any wait for the heartbeat (a hang fails, it never passes)
@@ -26,7 +26,8 @@ BOUND = 15.0  # upper bound on any wait for the heartbeat (a hang fails, it neve
 
 @pytest.fixture
 async def deps(db_url, sessionmaker) -> AsyncIterator[SyncDeps]:
-    settings = make_settings(db_url, lease_ttl_seconds=TTL)
+    # The table lease on both databases; the advisory lock (PostgreSQL) is tested below.
+    settings = make_settings(db_url, lease_ttl_seconds=TTL, lease_backend="table")
     async with httpx.AsyncClient() as http:
         yield SyncDeps(settings=settings, sessionmaker=sessionmaker, http=http)
 
@@ -279,3 +280,104 @@ async def test_deadline_around_held_surfaces_as_timeout_not_lease_lost(deps, use
             await asyncio.sleep(BOUND * 2)
     row = await lease_row(deps, user_id)
     assert row is not None and row[0] == "run-1"
+
+
+# --- the advisory lock (PostgreSQL's default) ------------------------------------------------
+
+
+@pytest.fixture
+async def pg_deps(pg_url) -> AsyncIterator[SyncDeps]:
+    from app.db.engine import create_engine, create_sessionmaker
+
+    settings = make_settings(pg_url)
+    assert settings.lease_backend == "advisory"
+    engine = create_engine(settings)
+    try:
+        async with httpx.AsyncClient() as http:
+            yield SyncDeps(settings, create_sessionmaker(engine), http)
+    finally:
+        await engine.dispose()
+
+
+async def claim(lease: UserLease) -> bool:
+    """What claim_user does: acquire in a session on the lease's own connection."""
+    async with lease.session() as s, s.begin():
+        got = await lease.acquire(s)
+    if not got:
+        await lease.abandon()  # hands the connection back
+    return got
+
+
+def advisory_holders(db_url: str) -> list[tuple]:
+    return query(
+        db_url,
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+
+
+async def test_advisory_second_holder_is_refused_until_released(pg_deps, pg_url):
+    uid = add_user(pg_url, "adv@example.com", "adv-token")
+    first, second = UserLease(pg_deps, uid, "run-1"), UserLease(pg_deps, uid, "run-2")
+    assert first.advisory
+    assert await claim(first) is True
+    assert await claim(second) is False
+    assert len(advisory_holders(pg_url)) == 1
+    assert query(pg_url, "SELECT count(*) FROM sync_lease") == [(0,)]  # no row written
+    async with first.held(), first.session() as s:  # nothing to renew: the body just runs
+        assert await s.scalar(sa.text("SELECT 1")) == 1
+    await first.release()
+    assert advisory_holders(pg_url) == []
+    assert await claim(second) is True
+    await second.release()
+
+
+async def test_advisory_release_with_a_transaction_frees_the_lock_after_commit(pg_deps, pg_url):
+    uid = add_user(pg_url, "adv@example.com", "adv-token")
+    first, second = UserLease(pg_deps, uid, "run-1"), UserLease(pg_deps, uid, "run-2")
+    assert await claim(first)
+    with pytest.raises(Abort):
+        async with first.session() as s, s.begin():
+            await first.release(s)
+            raise Abort  # the transaction failed: the lock stays
+    assert await claim(second) is False
+    async with first.session() as s, s.begin():
+        await first.release(s)
+    assert advisory_holders(pg_url) == []
+    assert await claim(second) is True
+    await second.release()
+
+
+async def test_advisory_lock_is_freed_when_the_holding_connection_closes(pg_deps, pg_url):
+    """A dead process's connection: PostgreSQL frees its lock at once, and the old holder
+    never carries on on a new connection (it would hold nothing)."""
+    uid = add_user(pg_url, "adv@example.com", "adv-token")
+    first, second = UserLease(pg_deps, uid, "run-1"), UserLease(pg_deps, uid, "run-2")
+    assert await claim(first)
+    ((pid,),) = advisory_holders(pg_url)
+    query(pg_url, f"SELECT pg_terminate_backend({int(pid)})")
+    async with asyncio.timeout(BOUND):
+        while advisory_holders(pg_url):
+            await asyncio.sleep(0.02)
+    assert await claim(second) is True
+    with pytest.raises(sa.exc.DBAPIError):
+        async with first.session() as s:
+            await s.execute(sa.text("SELECT 1"))
+    with pytest.raises(LeaseLost):
+        async with first.session() as s:
+            await s.execute(sa.text("SELECT 1"))
+    await first.release()  # harmless: the lock is long gone, and not second's to lose
+    assert len(advisory_holders(pg_url)) == 1
+    await second.release()
+    assert advisory_holders(pg_url) == []
+
+
+async def test_advisory_lease_is_not_used_after_its_release(pg_deps, pg_url):
+    """A released lease never quietly checks out a new, unlocked connection."""
+    uid = add_user(pg_url, "adv@example.com", "adv-token")
+    lease = UserLease(pg_deps, uid, "run-1")
+    assert await claim(lease)
+    await lease.release()
+    with pytest.raises(LeaseLost):
+        async with lease.session():
+            pass

@@ -43,7 +43,9 @@ def user_id(db_url, sim) -> str:
 
 
 def settings_for(db_url: str, sim: SimulatorServer, **overrides: Any) -> Settings:
-    return make_settings(db_url, sim.url, **{"gitlab_max_attempts": 1, **overrides})
+    # Lease rows, so tests can read and rewrite them (the advisory lock: test_lease.py).
+    base = {"gitlab_max_attempts": 1, "lease_backend": "table"}
+    return make_settings(db_url, sim.url, **{**base, **overrides})
 
 
 @asynccontextmanager
@@ -310,3 +312,25 @@ async def test_events_stored_by_a_failed_attempt_still_count(
     assert (result.status, result.attempts) == ("processed", 2)
     (events,) = query(db_url, 'SELECT count(*) FROM "Event"')
     assert result.stored == events[0]
+
+
+async def test_a_sync_with_nothing_new_writes_every_cursor_in_one_statement(
+    db_url, engine, sessionmaker, sim, user_id
+):
+    """The steady state: no transaction per idle project; their cursors move together with
+    LastSync, and still never backwards."""
+    async with sync_deps(settings_for(db_url, sim), sessionmaker) as deps:
+        assert (await sync_user(deps, user_id, "run-1")).status == "processed"
+        before = dict(query(db_url, "SELECT gitlab_project_id, cursor_at FROM sync_cursor"))
+        statements: list[str] = []
+
+        @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def record(conn, cursor, statement, parameters, context, executemany):
+            statements.append(statement)
+
+        result = await sync_user(deps, user_id, "run-2")
+    assert (result.status, result.stored, result.updated) == ("processed", 0, 0)
+    assert sum("INSERT INTO sync_cursor" in s for s in statements) == 1
+    after = dict(query(db_url, "SELECT gitlab_project_id, cursor_at FROM sync_cursor"))
+    assert set(after) == {str(p) for p in PIDS} == set(before)
+    assert all(after[p] > before[p] for p in after)
