@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.sync.shard import Shard
+
 UserStatusName = Literal["processed", "failed", "skipped"]
 
 
@@ -133,6 +135,8 @@ class PollSummary(BaseModel):
     events: EventCounts
     users: list[UserResult]
     error: str | None = Field(None, description="Why the run could not run (503 only)")
+    shard: int | None = Field(None, description="The shard this run synced (sharded polls)")
+    shards: int | None = Field(None, description="How many shards the users are split into")
 
 
 def summarize(
@@ -144,6 +148,7 @@ def summarize(
     duration_ms: int,
     error: str | None = None,
     auth: RunAuth | None = None,
+    shard: Shard | None = None,
 ) -> PollSummary:
     processed = sum(1 for r in results if r.status == "processed")
     failed = sum(1 for r in results if r.status == "failed")
@@ -165,4 +170,6 @@ def summarize(
         ),
         users=results,
         error=error,
+        shard=shard.index if shard else None,
+        shards=shard.count if shard else None,
     )
