@@ -28,6 +28,7 @@ import psutil
 
 from app.db.models import new_id
 from bench.baseline import run_baseline
+from bench.fleet import fleet_table, scale_out_phases
 from bench.measure import (
     ProjectTruth,
     SeedUser,
@@ -252,6 +253,8 @@ class Bench:
 
     def _phases(self, sim: Simulator, db: Database, bdb: Database | None) -> None:
         sc = self.sc
+        if sc.processes > 1:
+            return scale_out_phases(self, sim, db)  # fleet: no baseline (see bench/fleet.py)
         users = sc.users
         if sc.mutate_fraction:
             cold_min = minimum_requests(self.truths, users, None)
@@ -301,6 +304,8 @@ class Bench:
                 "user_concurrency": sc.user_concurrency,
                 "max_in_flight": sc.max_in_flight,
                 "mutate_fraction": sc.mutate_fraction,
+                "setup_latency_ms": sc.setup_latency_ms,
+                "processes": sc.processes,
                 "expected_events": self.expected_events,
             },
             "runs": self.rows,
@@ -424,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- {f.name} (tail)\n{tail}", file=sys.stderr)
                 raise
         print(table(result))
+        if sc.processes > 1:
+            print(fleet_table(result))
         args.out.mkdir(parents=True, exist_ok=True)
         suffix = ("" if args.db == "postgres" else f"-{args.db}") + (
             f"-{args.tag}" if args.tag else ""

@@ -225,15 +225,18 @@ class Service:
         t = self.ps.cpu_times()
         return t.user + t.system
 
-    def poll(self, timeout: float = 3600) -> dict[str, Any]:
+    def poll(self, body: dict[str, Any] | None = None, timeout: float = 3600) -> dict[str, Any]:
+        """One signed POST /api/poll with `body` (default `{}`)."""
+        import json
+
         from app.security.signing import sign_request
 
-        body = b"{}"
+        raw = json.dumps(body or {}).encode()
         headers = {
             "Content-Type": "application/json",
-            "X-Inngest-Signature": sign_request(body, SIGNING_KEY, int(time.time())),
+            "X-Inngest-Signature": sign_request(raw, SIGNING_KEY, int(time.time())),
         }
-        r = httpx.post(f"{self.url}/api/poll", content=body, headers=headers, timeout=timeout)
+        r = httpx.post(f"{self.url}/api/poll", content=raw, headers=headers, timeout=timeout)
         if r.status_code != 200:
             raise RuntimeError(f"/api/poll answered {r.status_code}: {r.text[:500]}")
         return r.json()

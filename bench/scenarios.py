@@ -29,6 +29,10 @@ class Scenario:
     # The original syncs users one after another: for very many users the baseline runs a
     # prefix of them and scales time and requests up linearly (marked in the table).
     baseline_users: int | None = None
+    # Scale-out (fleet): the cold sync only sets up the warm state, at this latency; then
+    # the warm poll on 1 process and split into `processes` shards on as many processes.
+    setup_latency_ms: float | None = None
+    processes: int = 1
     seed: int = 1
     description: str = ""
 
@@ -106,6 +110,21 @@ SCENARIOS: dict[str, Scenario] = {
             mutate_fraction=0.05,
             description="team after a first sync, then 5 % of the items changed",
             **_PROJECT,
+        ),
+        Scenario(
+            "fleet",
+            users=2000,
+            projects=5,
+            # Small projects: the warm poll is 10 list requests per user whatever the size,
+            # and a small cold setup (20,000 requests) keeps the bench within minutes.
+            issues=3,
+            mrs=2,
+            notes=0,
+            latency_ms=100,
+            setup_latency_ms=5,
+            processes=2,
+            description="2,000 users x 5 shared projects, warm, 100 ms latency: 1 process vs "
+            "2 processes (2 shards) on one PostgreSQL",
         ),
     )
 }

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from app.api.deps import (
     NO_RETRY_HEADERS,
@@ -21,6 +29,7 @@ from app.api.openapi import SIGNED
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
 from app.sync.results import PollSummary, RunAuth
+from app.sync.shard import MAX_SHARDS, Shard
 
 router = APIRouter(tags=["poll"])
 
@@ -41,9 +50,14 @@ UserId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_sto
 
 
 class PollRequest(BaseModel):
-    """Empty body or `{}`: every user with a monitored project. `user_ids`: a manual refresh."""
+    """Empty body or `{}`: every user with a monitored project. `user_ids`: a manual refresh.
+    `shard` + `shards`: the users whose id hashes to that shard (one of N scheduler jobs)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{}, {"shard": 0, "shards": 4}, {"user_ids": ["u1"]}]},
+    )
 
     user_ids: list[UserId] | None = Field(
         None,
@@ -52,6 +66,38 @@ class PollRequest(BaseModel):
         description="Users to refresh now (a manual refresh); omit to poll everyone.",
         examples=[["clx1user0000"]],
     )
+    shard: int | None = Field(
+        None,
+        ge=0,
+        description="This job's shard, 0..shards-1: polls the users for whom "
+        "int(sha256(user id)[:8]) % shards == shard. Send with `shards`, not with `user_ids`.",
+        examples=[0],
+    )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SHARDS,
+        description="How many shards (scheduler jobs) split the users; every user is in exactly "
+        "one. Send with `shard`.",
+        examples=[4],
+    )
+
+    @model_validator(mode="after")
+    def _shard_rules(self) -> PollRequest:
+        if (self.shard is None) != (self.shards is None):
+            raise ValueError("shard and shards go together")
+        if self.shard is not None and self.shards is not None:
+            if self.shard >= self.shards:
+                raise ValueError(f"shard must be between 0 and shards - 1 ({self.shards - 1})")
+            if self.user_ids is not None:
+                raise ValueError("user_ids and shard exclude each other: name users or a shard")
+        return self
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        if self.shard is None or self.shards is None:
+            return None
+        return Shard(self.shard, self.shards)
 
 
 def _invalid(errors: list[FieldError] | str) -> JSONResponse:
@@ -107,6 +153,27 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
         return _invalid("body must be empty or a UTF-8 JSON object")
     if not isinstance(data, dict):
         return _invalid('body must be a JSON object such as {} or {"user_ids": ["..."]}')
+    return _validated(data)
+
+
+_SHARD_PARAMS = ("shard", "shards")
+
+
+def parse_poll_query(query: Mapping[str, str]) -> PollRequest | JSONResponse:
+    """GET /api/poll?shard=0&shards=4 (cron services that cannot send a body); other query
+    parameters are ignored, as before sharding."""
+    data: dict[str, int] = {}
+    for name in _SHARD_PARAMS:
+        value = query.get(name)
+        if value is None:
+            continue
+        if not value.isascii() or not value.isdigit() or len(value) > 6:
+            return _invalid([FieldError(field=name, message="must be a non-negative integer")])
+        data[name] = int(value)
+    return _validated(data)
+
+
+def _validated(data: dict[str, Any]) -> PollRequest | JSONResponse:
     try:
         return PollRequest.model_validate(data)
     except ValidationError as exc:
@@ -118,24 +185,45 @@ def parse_poll_request(raw: bytes) -> PollRequest | JSONResponse:
         )
 
 
+_SHARD_QUERY_DOCS = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": minimum, **extra},
+        "description": text,
+        "example": example,
+    }
+    for name, minimum, extra, text, example in (
+        ("shard", 0, {}, "This job's shard, 0..shards-1 (with `shards`)", 0),
+        ("shards", 1, {"maximum": MAX_SHARDS}, "How many shards split the users", 4),
+    )
+]
+
+
 @router.get(
     "/api/poll",
     summary="Run a full poll (for cron services that can only send GET, e.g. Vercel Cron)",
     description=(
         "The same as POST with an empty body. Vercel Cron sends `Authorization: Bearer "
         "$CRON_SECRET`: set CRON_SECRET to the signing key. A signed request signs the empty "
-        "body. A Cloud Scheduler OIDC ID token is accepted too (OIDC_AUDIENCES)."
+        "body. A Cloud Scheduler OIDC ID token is accepted too (OIDC_AUDIENCES). "
+        "`?shard=0&shards=4` polls one shard of the users, as the POST body does (one cron "
+        "line per shard)."
     ),
     response_model=PollSummary,
     responses={**error_responses(401, 413, 422), 503: POLL_503},
-    openapi_extra=SIGNED,
+    openapi_extra={**SIGNED, "parameters": _SHARD_QUERY_DOCS},
 )
 async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
     auth = await authenticate_caller(settings, request, raw)
     if raw.strip():
         return _invalid("GET /api/poll takes no body; POST a body instead")
-    return await _run(request, deps, PollRequest(), auth)
+    parsed = parse_poll_query(request.query_params)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    return await _run(request, deps, parsed, auth)
 
 
 @router.post(
@@ -148,7 +236,9 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
         "OIDC_SERVICE_ACCOUNTS) or with `Authorization: Bearer <signing key>`. Answers 200 "
         "when the run completed, even if some users failed; 503 with Retry-After when it "
         "could not run (also when the OIDC signing keys cannot be fetched). Every 4xx/5xx "
-        "body carries `error` (a code) and `detail` (text)."
+        "body carries `error` (a code) and `detail` (text). "
+        '`{"shard": 0, "shards": 4}` polls one of 4 disjoint shards of the users (a stable '
+        "hash of the user id): N scheduler jobs split the users across replicas."
     ),
     response_model=PollSummary,
     responses={**error_responses(401, 413, 415, 422), 503: POLL_503},
@@ -163,6 +253,9 @@ async def poll_get(request: Request, settings: SettingsDep, deps: SyncDepsDep) -
 async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JSONResponse:
     raw = await read_bounded_body(request, settings.max_request_body_bytes)
     auth = await authenticate_caller(settings, request, raw)  # before anything parses the body
+    if any(name in request.query_params for name in _SHARD_PARAMS):
+        # The signature covers the body only: a shard must not ride unsigned in the URL.
+        return _invalid('POST the shard in the body: {"shard": 0, "shards": 4}')
     if raw.strip() and not _is_json(request.headers.get("content-type")):
         return error_response(
             415,
@@ -179,7 +272,13 @@ async def poll(request: Request, settings: SettingsDep, deps: SyncDepsDep) -> JS
 async def _run(
     request: Request, deps: SyncDeps, parsed: PollRequest, auth: RunAuth
 ) -> JSONResponse:
-    outcome = await run_poll(deps, user_ids=parsed.user_ids, trigger=_trigger(request), auth=auth)
+    outcome = await run_poll(
+        deps,
+        user_ids=parsed.user_ids,
+        trigger=_trigger(request),
+        auth=auth,
+        shard=parsed.shard_spec,
+    )
     headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else None
     return JSONResponse(
         outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers

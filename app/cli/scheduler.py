@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,9 +21,12 @@ from app.scheduler.config import (
     effective_cron,
     fill_placeholders,
     format_duration,
+    job_shard,
     load,
     locate,
     service_base_url,
+    shard_files,
+    shard_set_problems,
 )
 from app.settings import ConfigurationError, load_settings
 
@@ -78,8 +82,18 @@ def render(
             "the static signing key header. Default: as the file says (oidc)",
         ),
     ] = None,
+    shards: Annotated[
+        int,
+        typer.Option(
+            help="Split the users over N jobs (gitlab-insights-poll-shard-0..N-1), one flags "
+            "file each in --out-dir; 1: the one job, printed",
+        ),
+    ] = 1,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Where --shards writes its files")
+    ] = None,
 ) -> None:
-    """Print the job file with its placeholders filled in, for gcloud."""
+    """Print the job file with its placeholders filled in, for gcloud (or write N shards)."""
     source = locate_or_exit(file)
     settings = settings_or_exit()
     try:  # OIDC (issue 11): the --auth flags, ${OIDC_SERVICE_ACCOUNT}, audience vs settings
@@ -112,7 +126,10 @@ def render(
     problems = check(SchedulerFile(filled, source.origin))
     if problems:
         fail_all(source.origin, problems)
-    typer.echo(filled, nl=False)
+    if shards != 1 or out_dir is not None:
+        write_shards(SchedulerFile(filled, source.origin), shards, out_dir)
+    else:
+        typer.echo(filled, nl=False)
     if "SIGNING_KEY" in values and not show_secret:
         typer.echo(
             "note: the signing key is masked; add --show-secret to write a file gcloud can use",
@@ -120,9 +137,58 @@ def render(
         )
 
 
+def write_shards(source: SchedulerFile, shards: int, out_dir: Path | None) -> None:
+    """The N shard jobs as files in `out_dir`; their gcloud commands on stdout."""
+    if out_dir is None:
+        fail_all("--out-dir", ["required with --shards (one flags file per job)"])
+    try:
+        jobs = shard_files(source, shards)
+    except SchedulerConfigError as exc:
+        fail_all(source.origin, exc.problems)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, job in jobs:
+        problems = check(job)
+        if problems:
+            fail_all(job.origin, problems)
+        path = out_dir / job.origin
+        path.write_text(job.text, encoding="utf-8")
+        path.chmod(0o600)  # may hold the signing key (--auth bearer --show-secret)
+        typer.echo(
+            f"gcloud scheduler jobs create http {name} --location=LOCATION --flags-file={path}"
+        )
+    typer.echo(
+        f"wrote {shards} jobs to {out_dir}; check them together with: gitlab-insights "
+        f"scheduler check {' '.join(f'-f {out_dir / j.origin}' for _, j in jobs[:2])} ...",
+        err=True,
+    )
+
+
+FilesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Job file (default: ./scheduler.yaml, else the copy shipped with gitlab-insights); "
+        "repeat it to check the N files of a sharded schedule together",
+    ),
+]
+
+
 @scheduler_cli.command("check")
-def check_command(file: FileOption = None) -> None:
-    """Validate the job file: cron every 5-15 minutes, URL, retry settings within GCP limits."""
+def check_command(file: FilesOption = None) -> None:
+    """Validate the job file: cron every 5-15 minutes, URL, retry settings within GCP limits.
+
+    Several files (`-f a -f b`): each, and that sharded jobs cover shards 0..N-1 once each."""
+    files: list[str | None] = list(file) if file else [None]
+    jobs = [check_one(f) for f in files]
+    problems = shard_set_problems(jobs)
+    if problems:
+        fail_all(", ".join(f or "scheduler.yaml" for f in files), problems)
+    if len(jobs) > 1:
+        typer.echo(f"ok: {len(jobs)} jobs together")
+
+
+def check_one(file: str | None) -> SchedulerJob:
     source = locate_or_exit(file)
     problems = check(source)
     if problems:
@@ -142,9 +208,16 @@ def check_command(file: FileOption = None) -> None:
     if source.placeholders:
         names = ", ".join(f"${{{n}}}" for n in source.placeholders)
         typer.echo(f"  placeholders: {names} (fill them with `gitlab-insights scheduler render`)")
+    sharded = job_shard(job)
+    if sharded:
+        typer.echo(
+            f"  shard: {sharded[0]} of {sharded[1]} (check all {sharded[1]} files together; "
+            "give `serve --scheduler` an unsharded file: it polls this shard only)"
+        )
     built_in = built_in_schedule(job)
     if built_in:
         typer.echo(f"  built-in scheduler: {built_in}")
+    return job
 
 
 def built_in_schedule(job: SchedulerJob) -> str | None:

@@ -254,5 +254,9 @@ class PollRun(Base):
     # for OIDC, the service account's e-mail; NULL for runs started in-process (migration 0003).
     auth_method: Mapped[str | None] = mapped_column(sa.Text)
     auth_email: Mapped[str | None] = mapped_column(sa.Text)
+    # A sharded run's shard and shard count (`{"shard": 0, "shards": 4}`); NULL otherwise
+    # (migration 0005).
+    shard: Mapped[int | None] = mapped_column(sa.Integer)
+    shards: Mapped[int | None] = mapped_column(sa.Integer)
 
     __table_args__ = (sa.Index("poll_run_started_at_idx", "started_at"),)

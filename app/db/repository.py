@@ -729,7 +729,9 @@ async def create_poll_run(
     *,
     auth_method: str | None = None,
     auth_email: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> None:
+    """`shard` is (index, count) for a sharded run."""
     session.add(
         PollRun(
             id=run_id,
@@ -737,6 +739,8 @@ async def create_poll_run(
             started_at=started_at,
             auth_method=auth_method,
             auth_email=auth_email,
+            shard=shard[0] if shard else None,
+            shards=shard[1] if shard else None,
         )
     )
     await session.flush()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +29,11 @@ from pydantic import BaseModel, ConfigDict
 
 from app.retry import RetryPolicy
 from app.settings import Settings
+from app.sync.shard import shard_problem
 
 DEFAULT_FILE_NAME = "scheduler.yaml"
+SHARD_JOB_NAME = "gitlab-insights-poll"  # sharded jobs: gitlab-insights-poll-shard-0..N-1
+POLL_BODY_FIELDS = ("user_ids", "shard", "shards")
 POLL_PATH = "/api/poll"
 # The Settings default of INNGEST_POLLING_CRON; only another value overrides --schedule.
 DEFAULT_POLLING_CRON = "*/10 * * * *"
@@ -458,6 +463,7 @@ def job_problems(job: SchedulerJob) -> list[str]:
         problems.append(f"--http-method: /api/poll answers POST, not {job.http_method}")
 
     problems += auth_problems(job)
+    problems += body_problems(job)
     for name in job.headers:
         if name.lower().startswith(_RESERVED_HEADERS):
             problems.append(f"--headers: Cloud Scheduler sets or refuses '{name}'")
@@ -478,6 +484,94 @@ def job_problems(job: SchedulerJob) -> list[str]:
     if r.max_doublings < 0:
         problems.append(f"--max-doublings: {r.max_doublings} must not be negative")
     return problems
+
+
+def job_shard(job: SchedulerJob) -> tuple[int, int] | None:
+    """(shard, shards) of a sharded job's body, None for an unsharded (or unreadable) one."""
+    try:
+        data = json.loads(job.body or b"{}")
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    shard, shards = data.get("shard"), data.get("shards")
+    if type(shard) is int and type(shards) is int:
+        return shard, shards
+    return None
+
+
+def body_problems(job: SchedulerJob) -> list[str]:
+    """The body /api/poll would accept: empty, {}, or a shard (`{"shard": 0, "shards": 4}`)."""
+    if not job.body.strip():
+        return []
+    try:
+        data = json.loads(job.body)
+    except ValueError:
+        return ["--message-body: not JSON (/api/poll would answer 422)"]
+    if not isinstance(data, dict):
+        return ['--message-body: must be a JSON object such as {} or {"shard": 0, "shards": 4}']
+    problems = [
+        f"--message-body: unknown field '{k}' (known: {', '.join(POLL_BODY_FIELDS)})"
+        for k in data
+        if k not in POLL_BODY_FIELDS
+    ]
+    if "shard" in data or "shards" in data:
+        sharded = job_shard(job)
+        if sharded is None:
+            problems.append("--message-body: shard and shards go together, as integers")
+        elif problem := shard_problem(*sharded):
+            problems.append(f"--message-body: {problem}")
+        if "user_ids" in data:
+            problems.append("--message-body: user_ids and shard exclude each other")
+    return problems
+
+
+def shard_set_problems(jobs: Sequence[SchedulerJob]) -> list[str]:
+    """Sharded jobs checked together must cover shards 0..N-1 once each, all with one N."""
+    shards = [job_shard(j) for j in jobs]
+    if len(jobs) < 2 or all(s is None for s in shards):
+        return []
+    if any(s is None for s in shards):
+        return ["an unsharded job polls every user: do not run it next to sharded jobs"]
+    counts = {s[1] for s in shards if s}
+    if len(counts) > 1:
+        return [f"the jobs disagree on shards ({', '.join(map(str, sorted(counts)))})"]
+    n = counts.pop()
+    seen = Counter(s[0] for s in shards if s)
+    problems = [f"shard {k} of {n} is in {c} jobs" for k, c in sorted(seen.items()) if c > 1]
+    missing = [str(k) for k in range(n) if k not in seen]
+    if missing:
+        problems.append(f"no job for shard {', '.join(missing)} of {n}: its users are never synced")
+    return problems
+
+
+def shard_files(source: SchedulerFile, shards: int) -> list[tuple[str, SchedulerFile]]:
+    """`render --shards N`: N jobs (name, flags file), each polling one shard of the users.
+
+    The files are rewritten from the values (comments are not kept); every job gets the same
+    schedule and retry policy and the body `{"shard": k, "shards": N}`.
+    """
+    if problem := shard_problem(0, shards):
+        raise SchedulerConfigError([f"--shards: {problem}"])
+    data = _load_mapping(source.text)
+    body = str(data.get("--message-body") or "{}").strip()
+    if body != "{}":
+        raise SchedulerConfigError(
+            [f"--message-body: is {body}; only a job polling everyone ({{}}) can be sharded"]
+        )
+    out = []
+    for k in range(shards):
+        name = f"{SHARD_JOB_NAME}-shard-{k}"
+        flags = dict(data, **{"--message-body": json.dumps({"shard": k, "shards": shards})})
+        if flags.get("--description"):
+            flags["--description"] = f"{flags['--description']} (shard {k} of {shards})"
+        header = (
+            f"{name}: shard {k} of {shards} of the users, rendered from {source.origin}.\n"
+            f"  gcloud scheduler jobs create http {name} --location=LOCATION "
+            f"--flags-file={name}.yaml"
+        )
+        out.append((name, SchedulerFile(dump_flags(flags, header), f"{name}.yaml")))
+    return out
 
 
 def auth_problems(job: SchedulerJob) -> list[str]:

@@ -20,6 +20,7 @@ from app.db.models import utcnow
 from app.logging import redact
 from app.sync.deps import SyncDeps
 from app.sync.results import PollSummary, RunAuth, UserResult, summarize
+from app.sync.shard import Shard
 from app.sync.user_sync import sync_user
 
 ProgressCallback = Callable[[UserResult, int, int], None]
@@ -70,14 +71,18 @@ async def run_poll(
     manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
     auth: RunAuth | None = None,
+    shard: Shard | None = None,
 ) -> PollOutcome:
     """Sync every user with monitored projects, or the given users.
 
     Naming users is a manual refresh (users synced within MIN_REFRESH_INTERVAL are skipped
     as "fresh") unless `manual=False` says the caller is a schedule fanning out per user.
     `auth` (how an /api/poll caller authenticated) is recorded with the run and summary.
+    `shard` limits an all-users run to that shard's users (callers refuse it with user_ids).
     """
-    run = _Run(deps, trigger, on_user_done, auth)
+    if shard is not None and user_ids is not None:
+        raise ValueError("a shard selects among all users; it does not combine with user_ids")
+    run = _Run(deps, trigger, on_user_done, auth, shard)
     metrics.RUNS_IN_PROGRESS.inc()
     try:
         try:
@@ -99,9 +104,11 @@ class _Run:
         trigger: str,
         on_user_done: ProgressCallback | None,
         auth: RunAuth | None,
+        shard: Shard | None = None,
     ) -> None:
         self.deps = deps
         self.auth = auth
+        self.shard = shard
         self.trigger = trigger
         self.on_user_done = on_user_done
         self.run_id = uuid.uuid4().hex
@@ -122,9 +129,11 @@ class _Run:
                 self.started_at,
                 auth_method=self.auth.method if self.auth else None,
                 auth_email=self.auth.email if self.auth else None,
+                shard=(self.shard.index, self.shard.count) if self.shard else None,
             )
             if user_ids is None:
-                return [u.id for u in await repo.users_to_poll(s)]
+                users = await repo.users_to_poll(s)
+                return [u.id for u in users if self.shard is None or self.shard.holds(u.id)]
             wanted = list(dict.fromkeys(user_ids))
             known = await repo.users_by_ids(s, wanted)
         targets = []
@@ -205,6 +214,7 @@ class _Run:
             duration_ms=round((perf_counter() - self.t0) * 1000),
             error=error,
             auth=self.auth,
+            shard=self.shard,
         )
 
 

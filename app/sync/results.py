@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.sync.shard import Shard
+
 UserStatusName = Literal["processed", "failed", "skipped"]
 
 # Skips that are the service doing its job, not failures: the user was synced moments ago
@@ -203,6 +205,8 @@ class PollSummary(BaseModel):
         "(database_unavailable, gitlab_unavailable)",
     )
     detail: str | None = Field(None, description="503 only: the same, for a human")
+    shard: int | None = Field(None, description="The shard this run synced (sharded polls)")
+    shards: int | None = Field(None, description="How many shards the users are split into")
 
 
 def summarize(
@@ -214,6 +218,7 @@ def summarize(
     duration_ms: int,
     error: str | None = None,
     auth: RunAuth | None = None,
+    shard: Shard | None = None,
 ) -> PollSummary:
     """The run's summary. `error` (the run could not run) is a code or the poller's words
     for one ("database unavailable"); the summary carries the code and a sentence."""
@@ -250,6 +255,8 @@ def summarize(
         users=results,
         error=code,
         detail=detail,
+        shard=shard.index if shard else None,
+        shards=shard.count if shard else None,
     )
 
 

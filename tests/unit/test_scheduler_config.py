@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from app.settings import load_settings
 REPO_FILE = Path(__file__).resolve().parents[2] / "scheduler.yaml"
 KEY = "signkey-prod-" + "0123456789abcdef" * 2  # an obviously fake key
 SA = "poller@insights-prod.iam.gserviceaccount.com"
+URL = "https://insights.example.com"
 OIDC_ENV = {"OIDC_AUDIENCES": "https://insights.example.com", "OIDC_SERVICE_ACCOUNTS": SA}
 
 # What `gcloud scheduler jobs create http --help` documents, with the value format of each
@@ -412,3 +414,79 @@ def test_switching_auth_back_and_forth_keeps_everything_else():
     )
     rendered = sc.apply_auth(sc.locate(REPO_FILE), "oidc", settings, "https://insights.example.com")
     assert rendered.text == GOOD.replace('"${OIDC_SERVICE_ACCOUNT}"', f'"{SA}"')
+
+
+# --- sharded schedules (issue 13): render --shards N, check -f ... -f ... ----------------
+
+
+def test_render_shards_writes_one_job_per_shard_that_check_accepts_together(runner, tmp_path):
+    out = tmp_path / "jobs"
+    r = runner(
+        "scheduler", "render", "--shards", "3", "--out-dir", str(out), SERVICE_URL=URL, **OIDC_ENV
+    )
+    assert r.exit_code == 0, r.output
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"gitlab-insights-poll-shard-{k}.yaml" for k in range(3)]
+    assert r.stdout.count("gcloud scheduler jobs create http gitlab-insights-poll-shard-") == 3
+    for k, f in enumerate(files):
+        data = yaml.safe_load(f.read_text())
+        assert json.loads(data["--message-body"]) == {"shard": k, "shards": 3}
+        assert data["--oidc-token-audience"] == URL and data["--schedule"] == "*/10 * * * *"
+        assert f"shard {k} of 3" in data["--description"]
+        for flag, value in data.items():
+            assert GCLOUD_CREATE_HTTP_FLAGS[flag](value), flag
+    every = [a for f in files for a in ("-f", str(f))]
+    r = runner("scheduler", "check", *every)
+    assert r.exit_code == 0, r.output
+    assert "ok: 3 jobs together" in r.stdout
+    r = runner("scheduler", "check", *every[:4])  # shard 2 missing
+    assert r.exit_code == 1 and "no job for shard 2 of 3" in r.stderr
+    r = runner("scheduler", "check", *every, "-f", str(files[0]))  # shard 0 twice
+    assert r.exit_code == 1 and "shard 0 of 3 is in 2 jobs" in r.stderr
+
+
+def test_render_shards_needs_an_out_dir_and_a_sane_count(runner, tmp_path):
+    r = runner("scheduler", "render", "--shards", "2", SERVICE_URL=URL, **OIDC_ENV)
+    assert r.exit_code == 1 and "--out-dir" in r.stderr
+    for n in ("0", "1001"):
+        args = ("--shards", n, "--out-dir", str(tmp_path))
+        r = runner("scheduler", "render", *args, SERVICE_URL=URL, **OIDC_ENV)
+        assert r.exit_code == 1 and "shards must be between 1 and 1000" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('{"shard": 0, "shards": 2}', None),
+        ("{}", None),
+        ('{"shard": 2, "shards": 2}', "shard must be between 0 and shards - 1"),
+        ('{"shard": 0}', "go together"),
+        ('{"shard": 0, "shards": 2, "user_ids": ["u"]}', "exclude each other"),
+        ('{"shrd": 0}', "unknown field 'shrd'"),
+        ("not json", "not JSON"),
+    ],
+)
+def test_check_validates_the_body(body, problem):
+    data = yaml.safe_load(GOOD)
+    data["--message-body"] = body
+    problems = sc.check(_source(sc.dump_flags(data)))
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_shard_sets_must_agree_and_not_mix_with_an_unsharded_job():
+    def job(body: str) -> sc.SchedulerJob:
+        data = yaml.safe_load(GOOD)
+        data["--message-body"] = body
+        return sc.load(_source(sc.dump_flags(data)))
+
+    a, b = job('{"shard": 0, "shards": 2}'), job('{"shard": 1, "shards": 2}')
+    assert sc.shard_set_problems([a, b]) == []
+    assert sc.shard_set_problems([a]) == []  # one file alone: only itself is checked
+    assert "unsharded" in sc.shard_set_problems([a, b, job("{}")])[0]
+    assert "disagree" in sc.shard_set_problems([a, job('{"shard": 1, "shards": 3}')])[0]
+    named = {**yaml.safe_load(GOOD), "--message-body": '{"user_ids": ["u"]}'}
+    with pytest.raises(sc.SchedulerConfigError, match="only a job polling everyone"):
+        sc.shard_files(_source(sc.dump_flags(named)), 2)
