@@ -87,7 +87,7 @@ async def confirm_refusal(
     first_check = cursor.access_check_at if cursor is not None else None
     if not refused:
         if first_check is not None:  # this run saw the project: confirmations start over
-            async with deps.sessionmaker() as s, s.begin():
+            async with deps.session() as s, s.begin():
                 await repo.record_access_check(s, user_id, pid, None)
         return None
     now = utcnow()
@@ -95,7 +95,7 @@ async def confirm_refusal(
     if step == "wait":
         return None
     ref = ProjectRef(pid, project.projectName, project.projectPath)
-    async with deps.sessionmaker() as s, s.begin():
+    async with deps.session() as s, s.begin():
         if step == "first":
             await repo.record_access_check(s, user_id, pid, now)
             logger.bind(user_id=user_id, gitlab_project_id=pid).warning(

@@ -20,10 +20,18 @@ SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 class SyncDeps:
     """Settings, the database's sessionmaker and the shared GitLab HTTP client.
 
-    One per process (the API lifespan, a CLI command, the Inngest functions): every user
-    task opens its own sessions from `sessionmaker` and shares `http`'s connection pools.
+    One per process (the API lifespan, a CLI command, the Inngest functions), shared by the
+    user tasks (and `http`'s connection pools); a user's sync uses a copy whose `sessions`
+    are its lease's (user_sync.py).
     """
 
     settings: Settings
     sessionmaker: async_sessionmaker
     http: httpx.AsyncClient
+    # Inside one user's sync: the lease's sessions (on PostgreSQL with advisory leases, the
+    # connection holding the user's lock), so the sync never needs a second connection.
+    sessions: SessionFactory | None = None
+
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for the sync's reads and writes (see `sessions`)."""
+        return (self.sessions or self.sessionmaker)()

@@ -23,7 +23,7 @@ from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.settings import Settings
 from app.sync import access
 from app.sync.deletions import ALL_HISTORY, Candidates, first_reconcile_at, missing_comments
-from app.sync.deps import SessionFactory, SyncDeps
+from app.sync.deps import SyncDeps
 from app.sync.removals import confirm_gone, load_stored, remove_events
 from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
 
@@ -110,7 +110,6 @@ async def sync_project(
     project: MonitoredProject,
     since_cursor: SyncCursor | None,
     last_sync_at: datetime | None,
-    sessions: SessionFactory | None = None,
 ) -> ProjectOutcome:
     """Sync one project; its errors are returned in the outcome, never raised.
 
@@ -124,8 +123,7 @@ async def sync_project(
     try:
         outcome.access_lost_at = await access.still_lost(client, project, since_cursor)
         if outcome.access_lost_at is None:
-            sessions = sessions or deps.sessionmaker
-            await _fetch(deps, sessions, user_id, client, since_cursor, last_sync_at, outcome)
+            await _fetch(deps, user_id, client, since_cursor, last_sync_at, outcome)
     except Exception as exc:  # noqa: BLE001 - reported per project; the cursor stays put
         outcome.error = first_leaf(exc)
     if access.is_refusal(outcome.error):
@@ -135,7 +133,6 @@ async def sync_project(
 
 async def _fetch(
     deps: SyncDeps,
-    sessions: SessionFactory,
     user_id: str,
     client: GitLabClient,
     cursor: SyncCursor | None,
@@ -148,7 +145,7 @@ async def _fetch(
     # or after it, so the next run sees it (the original lost such changes).
     fetch_started = utcnow()
     since = fetch_since(deps.settings, project, cursor, last_sync_at, fetch_started)
-    listing = _Listing(deps, sessions, user_id, client, project, since, fetch_started, outcome)
+    listing = _Listing(deps, user_id, client, project, since, fetch_started, outcome)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(listing.sync("Issue"))
         tg.create_task(listing.sync("MergeRequest"))
@@ -161,7 +158,7 @@ async def _fetch(
     if not outcome.pages_stored and not outcome.removed:
         outcome.pending_cursor = move
         return
-    async with sessions() as s, s.begin():
+    async with deps.session() as s, s.begin():
         await repo.advance_cursors(s, user_id, {project.gitlabProjectId: move})
 
 
@@ -196,7 +193,6 @@ class _Listing:
     def __init__(
         self,
         deps: SyncDeps,
-        sessions: SessionFactory,
         user_id: str,
         client: GitLabClient,
         project: MonitoredProject,
@@ -205,7 +201,6 @@ class _Listing:
         outcome: ProjectOutcome,
     ) -> None:
         self.deps = deps
-        self.sessions = sessions  # the page stores (on the lease's connection, advisory)
         self.user_id = user_id
         self.client = client
         self.project = project
@@ -306,7 +301,7 @@ class _Listing:
         self.outcome.removed += await remove_events(self.deps, self.user_id, pid, gone, "notes")
 
     async def _write(self, kind: NoteableType, rows: list[EventRow], notes: list[EventRow]) -> None:
-        async with self.sessions() as s, s.begin():
+        async with self.deps.session() as s, s.begin():
             items_counts = await repo.upsert_events(s, self.user_id, rows)
             notes_counts = await repo.upsert_events(s, self.user_id, notes)
         self.outcome.pages_stored += 1

@@ -115,7 +115,7 @@ async def _reconcile_or_postpone(
         metrics.RECONCILIATIONS.labels("failed").inc()
         log.warning("reconciliation failed, nothing removed: {}", type(exc).__name__)
         interval = timedelta(hours=deps.settings.reconcile_interval_hours)
-        async with deps.sessionmaker() as s, s.begin():
+        async with deps.session() as s, s.begin():
             due = utcnow() + min(interval, RETRY_AFTER_FAILURE)
             await repo.schedule_reconciliation(s, user_id, pid, due)
 
@@ -140,7 +140,7 @@ async def _reconcile(
     now = utcnow()
     interval_s = deps.settings.reconcile_interval_hours * 3600
     due = next_slot(now, interval_s, spread_offset(user_id, ref.gitlab_project_id, interval_s))
-    async with deps.sessionmaker() as s, s.begin():
+    async with deps.session() as s, s.begin():
         removed = await repo.delete_events(s, user_id, gone)
         await repo.record_reconciliation(
             s, user_id, ref.gitlab_project_id, reconciled_at=now, due_at=due, held=held
@@ -256,7 +256,7 @@ class _Inventory:
         rows = [row for _, row in missing] + [n for part in parts for n in part]
         if not rows:
             return
-        async with self.deps.sessionmaker() as s, s.begin():
+        async with self.deps.session() as s, s.begin():
             counts = await repo.upsert_events(s, self.user_id, rows)
         self.result.stored += counts.inserted
         self.result.updated += counts.updated

@@ -35,7 +35,7 @@ Cause = Literal["access_lost", "reconciliation", "notes"]
 
 async def load_stored(deps: SyncDeps, user_id: str, ref: ProjectRef) -> StoredProject:
     """The user's stored events of the project, indexed for removal decisions."""
-    async with deps.sessionmaker() as s:
+    async with deps.session() as s:
         rows = await repo.project_events(s, user_id, ref.event_project_id)
     return StoredProject.from_events(StoredEvent(*r) for r in rows)
 
@@ -83,7 +83,7 @@ async def remove_events(
     """Delete the events (one transaction); counted and logged with numbers only."""
     if not event_ids:
         return 0
-    async with deps.sessionmaker() as s, s.begin():
+    async with deps.session() as s, s.begin():
         removed = await repo.delete_events(s, user_id, event_ids)
     count_removal(user_id, gitlab_project_id, removed, cause)
     return removed

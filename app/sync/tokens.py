@@ -16,7 +16,7 @@ from app.db.models import Account, utcnow
 from app.gitlab.errors import GitLabOAuthError, GitLabUnavailable
 from app.gitlab.oauth import refresh_access_token
 from app.logging import register_secret
-from app.sync.deps import SessionFactory, SyncDeps
+from app.sync.deps import SyncDeps
 from app.sync.results import UserSkipped
 
 # Refresh a token this long before GitLab would reject it.
@@ -40,9 +40,7 @@ async def access_token(deps: SyncDeps, user_id: str, account: Account | None) ->
     return await refresh(deps, user_id, account.accessToken)
 
 
-async def refresh(
-    deps: SyncDeps, user_id: str, stale_access_token: str, sessions: SessionFactory | None = None
-) -> str:
+async def refresh(deps: SyncDeps, user_id: str, stale_access_token: str) -> str:
     """Rotate the token pair, serialized per account; store it before using it.
 
     If another run rotated it meanwhile (the stored token differs from `stale_access_token`
@@ -52,7 +50,7 @@ async def refresh(
     if not deps.settings.oauth_refresh_configured:
         log.warning("token expired and OAuth refresh is not configured: user skipped")
         raise UserSkipped("token_expired", "access token expired; refresh not configured")
-    async with (sessions or deps.sessionmaker)() as s, s.begin():
+    async with deps.session() as s, s.begin():
         # Row lock on PostgreSQL: a concurrent refresh of this account waits here, then
         # sees the rotated pair instead of spending the (now revoked) refresh token.
         account = await repo.get_gitlab_account(s, user_id, for_update=True)

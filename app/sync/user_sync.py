@@ -9,7 +9,7 @@ only when every project synced; a failing project leaves its own cursor where it
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from time import perf_counter
 
@@ -191,6 +191,7 @@ async def sync_projects(
     user (it needs re-authorizing).
     """
     user_id = lease.user_id
+    deps = replace(deps, sessions=lease.session)  # every read and write on the lease's sessions
     token = await tokens.access_token(deps, user_id, claim.account)
     result.projects = len(claim.projects)
     if not claim.projects:
@@ -220,7 +221,7 @@ async def sync_projects(
         if isinstance(auth, GitLabAuthError):
             if auth.reason != "expired" or refreshed:
                 raise UserSkipped(f"token_{auth.reason}", str(auth))
-            token = await tokens.refresh(deps, user_id, token, lease.session)
+            token = await tokens.refresh(deps, user_id, token)
             refreshed = True
             pending = [o.project for o in failed]
             continue
@@ -256,7 +257,6 @@ async def _sync_pending(
                 p,
                 cursors.get(p.gitlabProjectId),
                 last_sync_at,
-                lease.session,
             )
             for p in pending
         )
