@@ -1,4 +1,4 @@
-"""The one composition root: engine, sessionmaker, HTTP client, sync deps, OIDC verifier.
+"""The one composition root: engine, sessionmaker, HTTP clients, sync deps, OIDC verifier.
 
 The API lifespan (`app/main.py`), every CLI command and the Inngest functions take what they
 need from a `Runtime`; the built-in scheduler's client for calling the service itself comes
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.auth.oidc import OIDCVerifier
 from app.db.engine import create_engine, create_sessionmaker
-from app.gitlab.transport import create_http_client
+from app.gitlab.transport import AiohttpWire, GitLabWire, create_http_client
 from app.settings import Settings
 from app.sync.deps import SyncDeps
 
@@ -28,13 +28,20 @@ class Runtime:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker
     http: httpx.AsyncClient
+    # Every GitLab API request (listings, notes, projects) goes over this one wire.
+    gitlab: GitLabWire
     # Verifies Cloud Scheduler's OIDC ID tokens on /api/poll; None when OIDC_AUDIENCES is empty.
     # Its JWKS cache lives as long as the process and fetches through `http`.
     oidc: OIDCVerifier | None = None
 
     @property
     def sync(self) -> SyncDeps:
-        return SyncDeps(settings=self.settings, sessionmaker=self.sessionmaker, http=self.http)
+        return SyncDeps(
+            settings=self.settings,
+            sessionmaker=self.sessionmaker,
+            http=self.http,
+            gitlab=self.gitlab,
+        )
 
 
 @asynccontextmanager
@@ -48,16 +55,19 @@ async def open_runtime(
     """
     engine = create_engine(settings)
     http = create_http_client(settings)
+    gitlab = AiohttpWire(settings)
     try:
         yield Runtime(
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             http=http,
+            gitlab=gitlab,
             oidc=OIDCVerifier.from_settings(settings, http, clock=clock),
         )
     finally:
         try:
+            await gitlab.aclose()
             await http.aclose()
         finally:
             await engine.dispose()

@@ -63,7 +63,7 @@ async def resolve_project(rt: Runtime, token: str, ref: str) -> tuple[str, str, 
     from app.gitlab.client import GitLabClient
     from app.gitlab.errors import GitLabAPIError, GitLabAuthError, GitLabNotFound
 
-    client = GitLabClient(rt.http, rt.settings, token)
+    client = GitLabClient(rt.gitlab, rt.settings, token)
     try:
         p = await client.project(int(ref) if ref.isdigit() else ref)
     except GitLabNotFound:

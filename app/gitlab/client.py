@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 from loguru import logger
@@ -70,6 +71,7 @@ from app.gitlab.schemas import (
     GitLabNote,
     GitLabProject,
 )
+from app.gitlab.transport import GitLabWire, HttpxWire, WireError
 from app.settings import Settings
 
 __all__ = [
@@ -149,7 +151,7 @@ class _Call:
     """One logical request across its attempts."""
 
     method: str
-    url: httpx.URL  # with its query: built once, not merged by httpx on every attempt
+    url: str  # percent-encoded, with its query: built once for every attempt
     endpoint: str  # real path without query, for errors and logs: /projects/42/issues
     template: str  # low-cardinality name for metrics: /projects/:id/issues
     decode: Callable[[bytes, int], Any]  # body, status -> data (sansio.decode_json)
@@ -157,32 +159,29 @@ class _Call:
 
 
 class GitLabClient:
-    """GitLab API for one user (one token) over the app's shared httpx.AsyncClient."""
+    """GitLab API for one user (one token) over the process's shared wire (transport.py).
+
+    `http` is the wire, or an httpx client (sent through HttpxWire: respx in unit tests).
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: GitLabWire | httpx.AsyncClient,
         settings: Settings,
         token: str,
         *,
         on_request: Callable[[RequestInfo], None] | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self._http = http
+        self._wire: GitLabWire = (
+            HttpxWire(http, settings) if isinstance(http, httpx.AsyncClient) else http
+        )
         self._settings = settings
-        # The shared client's default headers (User-Agent) merged with ours once, so each
-        # attempt is sent as a ready `httpx.Request` (`send`) instead of being rebuilt and
-        # re-merged by `request` (~8 % of a poll's CPU).
-        self._headers = httpx.Headers(http.headers)
-        self._headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._on_request = on_request
         self._clock: Clock = clock or time.time
         self._base = settings.gitlab_api_url.rstrip("/")
-        self._timeout = httpx.Timeout(
-            settings.gitlab_read_timeout, connect=settings.gitlab_connect_timeout
-        )
         self._in_flight = asyncio.Semaphore(settings.gitlab_user_concurrency)
-        self._extensions = {"timeout": self._timeout.as_dict()}
         # Pacing shared by all requests of this user: next allowed start, spacing between starts.
         self._next_slot = 0.0
         self._pace_interval = 0.0
@@ -412,8 +411,9 @@ class GitLabClient:
         def decode(body: bytes, status: int) -> list[T]:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 
-        def fetch(query: Query) -> Awaitable[tuple[list[T], httpx.Headers]]:
-            return self._send(_Call("GET", httpx.URL(base, params=query), path, template, decode))
+        def fetch(query: Query) -> Awaitable[tuple[list[T], Mapping[str, str]]]:
+            url = f"{base}?{urlencode(query, quote_via=quote)}" if query else base
+            return self._send(_Call("GET", url, path, template, decode))
 
         if not read_ahead:
             while True:
@@ -426,7 +426,7 @@ class GitLabClient:
                     return
                 params = nxt
 
-        ahead: asyncio.Future[tuple[list[T], httpx.Headers]] | None = None
+        ahead: asyncio.Future[tuple[list[T], Mapping[str, str]]] | None = None
         try:
             ahead = asyncio.ensure_future(fetch(params))
             while ahead is not None:
@@ -449,14 +449,12 @@ class GitLabClient:
         def decode(body: bytes, status: int) -> T:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 
-        value, _ = await self._send(
-            _Call("GET", httpx.URL(self._base + path), path, template, decode)
-        )
+        value, _ = await self._send(_Call("GET", self._base + path, path, template, decode))
         return value
 
     # --- one attempt ------------------------------------------------------------------
 
-    async def _attempt(self, call: _Call) -> tuple[Any, httpx.Headers]:
+    async def _attempt(self, call: _Call) -> tuple[Any, Mapping[str, str]]:
         await self._wait_for_slot()
         call.attempt += 1
         status: int | None = None
@@ -465,22 +463,19 @@ class GitLabClient:
             # The semaphore covers the HTTP exchange only, never a retry wait or the caller.
             async with self._in_flight:
                 started = time.perf_counter()
-                request = httpx.Request(
-                    call.method, call.url, headers=self._headers, extensions=self._extensions
-                )
-                response = await self._http.send(request)
-            status = response.status_code
-        except (httpx.TransportError, httpx.DecodingError) as exc:
-            # `from None`: httpx's message and context carry the full URL with its query.
+                response = await self._wire.get(call.url, self._headers)
+            status = response.status
+        except WireError as exc:
+            # The wire's message is the error's class name: never the URL or its query.
             raise GitLabUnavailable(
-                f"GitLab unreachable on {call.endpoint} ({type(exc).__name__})",
+                f"GitLab unreachable on {call.endpoint} ({exc})",
                 status=None,
                 endpoint=call.endpoint,
             ) from None
         finally:
             self._report(call, status, time.perf_counter() - started)
 
-        headers, body = response.headers, response.content
+        headers, body = response.headers, response.body
         self._observe_rate_limit(status, headers, call.endpoint)
         error = sansio.error_for_status(
             status,
@@ -535,7 +530,7 @@ class GitLabClient:
             "{}: retry {}/{} in {:.2f} s", exc, retry_number, self._retry.attempts - 1, delay
         )
 
-    def _observe_rate_limit(self, status: int, headers: httpx.Headers, endpoint: str) -> None:
+    def _observe_rate_limit(self, status: int, headers: Mapping[str, str], endpoint: str) -> None:
         """Space requests out when the quota runs low, so GitLab need not answer 429."""
         now = self._clock()
         pace = sansio.pacing(

@@ -1,73 +1,137 @@
-"""The HTTP transport of all GitLab traffic: one shared `httpx.AsyncClient` per process.
+"""The wire under the GitLab client: send one GET, return (status, headers, body) or raise
+WireError. Nothing here decides anything about an answer (sansio.py does).
 
-The client keeps httpx's API (requests, responses, errors, respx in tests) but sends through
-aiohttp's connection pool (`httpx-aiohttp`): httpcore's pool did work proportional to its
-connection count on every request (a readability check of each idle socket, a quadratic
-scan), which needed a hand-made sharded transport and still cost about half of a poll's CPU.
-In front of it, one cap on the requests in flight to the GitLab instance across all users
-(GITLAB_MAX_IN_FLIGHT), so a small self-managed GitLab is never flooded however many users
-a poll syncs at once.
+`AiohttpWire` carries every GitLab API request of the service, straight on aiohttp's
+connection pool: a poll is thousands of small GETs, and httpx's request/URL/stream objects
+on top of a pool cost about as much CPU again as the pool itself. It holds one cap on the
+requests in flight to the instance across all users (GITLAB_MAX_IN_FLIGHT, body reading
+included), so a small self-managed GitLab is never flooded however many users a poll syncs
+at once. It keeps no cookies (the pool is shared by every user's token), never follows
+redirects (the token must not travel), and honours HTTP(S)_PROXY / NO_PROXY as httpx did.
+
+`HttpxWire` sends through any `httpx.AsyncClient`: the unit tests drive the client's edge
+cases through it with respx. `create_http_client` builds the process's httpx client for the
+rare calls that are not API listings (OAuth refresh, the OIDC key set).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from yarl import URL
 
 from app import __version__
 from app.settings import Settings
 
+USER_AGENT = f"gitlab-insights/{__version__}"
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its in-flight slot back once it is closed."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
+@dataclass(frozen=True, slots=True)
+class WireResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive lookup
+    body: bytes
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+
+class WireError(Exception):
+    """No answer: connection refused or reset, timeout, a body cut short. The message is the
+    exception's class name only (a library's own message may carry the URL and its query)."""
+
+
+class GitLabWire(Protocol):
+    async def get(self, url: str, headers: Mapping[str, str]) -> WireResponse:
+        """GET `url` (already percent-encoded); WireError when no complete answer came."""
+        ...
+
+
+class HttpxWire:
+    """A GitLabWire over an httpx client (tests with respx; callers holding only httpx)."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+        self._http = http
+        timeout = httpx.Timeout(
+            settings.gitlab_read_timeout, connect=settings.gitlab_connect_timeout
+        )
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._ua = http.headers.get("user-agent") or USER_AGENT
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> WireResponse:
+        request = httpx.Request(
+            "GET", url, headers={"User-Agent": self._ua, **headers}, extensions=self._extensions
+        )
+        try:
+            response = await self._http.send(request)
+            body = response.content
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise WireError(type(exc).__name__) from None
+        return WireResponse(response.status_code, response.headers, body)
+
+
+def _proxy_for(url: str) -> str | None:
+    """The HTTP(S)_PROXY that applies to the instance, read once (NO_PROXY honoured)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):  # NO_PROXY
+        return None
+    return proxy
+
+
+class AiohttpWire:
+    """The service's GitLabWire (see the module docstring). Its session is created on first
+    use, inside the running loop (aiohttp binds its pool to it); `aclose` ends it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._max_in_flight = settings.gitlab_max_in_flight
+        self._slots = asyncio.Semaphore(self._max_in_flight)
+        # Connect and per-read timeouts like httpx's; no total (a long page may take a while
+        # as long as bytes keep coming).
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.gitlab_connect_timeout,
+            sock_connect=settings.gitlab_connect_timeout,
+            sock_read=settings.gitlab_read_timeout,
+        )
+        self._proxy = _proxy_for(settings.gitlab_api_url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # One connection per request in flight; idle ones kept for the next user's pages.
+        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=httpx.create_ssl_context())
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            timeout=self._timeout,
+            trust_env=False,  # the proxy is chosen once in __init__, not per request
+        )
+        return self._session
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> WireResponse:
+        session = self._session or self._open()
+        # encoded=True: the client built a percent-encoded URL; yarl need not parse it again.
+        target = URL(url, encoded=True)
+        async with self._slots:  # held until the body is read: a body on the wire counts
+            try:
+                async with session.get(
+                    target, headers=headers, allow_redirects=False, proxy=self._proxy
+                ) as response:
+                    body = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise WireError(type(exc).__name__) from None
+        return WireResponse(response.status, response.headers, body)
 
     async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class InstanceLimit(httpx.AsyncBaseTransport):
-    """At most `max_in_flight` requests to the instance at once, body reading included.
-
-    A request waits for a slot before it is sent (no timeout runs while it waits: every
-    request holding a slot has its own), and gives it back when its response is closed,
-    which httpx does right after reading the body.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, max_in_flight: int) -> None:
-        self._inner = inner
-        self._slots = asyncio.Semaphore(max_in_flight)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._slots.acquire()
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException:
-            self._slots.release()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ReleasingStream(response.stream, self._slots.release)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class _NoCookies(httpx.Cookies):
@@ -76,10 +140,9 @@ class _NoCookies(httpx.Cookies):
 
 
 class _CookielessClient(httpx.AsyncClient):
-    """An httpx client that never stores cookies: the client is shared by every user, so a
-    cookie GitLab (or a proxy in front of it) sets for one token must not ride along with
-    another user's requests. It also skips httpx's per-response cookie parsing through the
-    standard library's CookieJar (about 8 % of a poll's CPU)."""
+    """An httpx client that never stores cookies: it is shared by every user, so a cookie
+    GitLab (or a proxy in front of it) sets for one token must not ride along with another
+    user's requests."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -91,16 +154,7 @@ class _CookielessClient(httpx.AsyncClient):
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    """One client for all GitLab traffic (keep-alive across users and pages)."""
-    max_in_flight = settings.gitlab_max_in_flight
-    ssl_context = httpx.create_ssl_context()  # shared: building one costs ~10 ms
-
-    def session() -> aiohttp.ClientSession:
-        # Created on first use, inside the running loop (aiohttp binds its pool to it).
-        # One connection per request in flight; idle ones kept for the next user's pages.
-        connector = aiohttp.TCPConnector(limit=max_in_flight, ssl=ssl_context)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
+    """The process's httpx client for OAuth refreshes and the OIDC key set."""
     return _CookielessClient(
         timeout=httpx.Timeout(
             connect=settings.gitlab_connect_timeout,
@@ -108,7 +162,6 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
             write=settings.gitlab_read_timeout,
             pool=settings.gitlab_read_timeout,
         ),
-        transport=InstanceLimit(AiohttpTransport(client=session), max_in_flight),
-        headers={"User-Agent": f"gitlab-insights/{__version__}"},
+        headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )

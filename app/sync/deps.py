@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gitlab.transport import GitLabWire
 from app.settings import Settings
 
 # Where a user's sync opens its sessions: `UserLease.session` (on the lease's connection on
@@ -28,9 +29,14 @@ class SyncDeps:
     settings: Settings
     sessionmaker: async_sessionmaker
     http: httpx.AsyncClient
+    # The wire GitLab API requests go over (transport.py); None: through `http` (tests).
+    gitlab: GitLabWire | None = None
     # Inside one user's sync: the lease's sessions (on PostgreSQL with advisory leases, the
     # connection holding the user's lock), so the sync never needs a second connection.
     sessions: SessionFactory | None = None
+
+    def gitlab_wire(self) -> GitLabWire | httpx.AsyncClient:
+        return self.gitlab if self.gitlab is not None else self.http
 
     def session(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session for the sync's reads and writes (see `sessions`)."""

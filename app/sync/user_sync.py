@@ -202,7 +202,7 @@ async def sync_projects(
     outcomes: dict[str, ProjectOutcome] = {}
     for attempt in range(1, policy.attempts + 1):
         result.attempts = attempt
-        client = GitLabClient(deps.http, deps.settings, token, on_request=_record_request)
+        client = GitLabClient(deps.gitlab_wire(), deps.settings, token, on_request=_record_request)
         done = await _sync_pending(deps, lease, client, pending, cursors, last_sync_at)
         outcomes.update((o.project.gitlabProjectId, o) for o in done)
         # Counted as it happens, over every attempt: what a failed attempt stored stays

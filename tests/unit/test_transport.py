@@ -1,77 +1,154 @@
-"""The shared GitLab transport: the instance-wide in-flight cap and the cookieless client."""
+"""The GitLab wire (app/gitlab/transport.py) over real HTTP on 127.0.0.1: the instance-wide
+in-flight cap (bodies included), slots given back after failures, no cookies shared between
+users' requests, no redirect followed, timeouts and refused connections as WireError, and
+the proxy chosen once from the environment."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import respx
+from aiohttp import web
 
-from app.gitlab.transport import InstanceLimit, create_http_client
+from app.gitlab.transport import AiohttpWire, HttpxWire, WireError, _proxy_for
 from app.settings import Settings
 
 
-class SlowTransport(httpx.AsyncBaseTransport):
-    """Answers after a few loop turns and records how many requests it held at once."""
+def _settings(**kw: object) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
 
-    def __init__(self, fail_paths: frozenset[str] = frozenset()) -> None:
+
+class Server:
+    """Counts requests in flight (until the body is fully sent) and records headers."""
+
+    def __init__(self) -> None:
         self.active = 0
         self.peak = 0
-        self.fail_paths = fail_paths
+        self.cookies_seen: list[str | None] = []
+        self.url = ""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def slow(self, request: web.Request) -> web.StreamResponse:
         self.active += 1
         self.peak = max(self.peak, self.active)
+        self.cookies_seen.append(request.headers.get("Cookie"))
         try:
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if request.url.path in self.fail_paths:
-                raise httpx.ConnectError("refused")
+            response = web.StreamResponse(headers={"Set-Cookie": "session=for-this-token"})
+            await response.prepare(request)
+            await asyncio.sleep(0.01)
+            await response.write(b"[")  # the body is still on the wire here
+            await asyncio.sleep(0.01)
+            await response.write(b"]")
+            await response.write_eof()
+            return response
         finally:
             self.active -= 1
-        return httpx.Response(200, stream=Body(self), headers={"Set-Cookie": "s=1"})
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://elsewhere.invalid/"})
+
+    async def hang(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
 
 
-class Body(httpx.AsyncByteStream):
-    """A body still 'on the wire' until read: it counts as in flight."""
-
-    def __init__(self, transport: SlowTransport) -> None:
-        self.transport = transport
-        transport.active += 1
-        transport.peak = max(transport.peak, transport.active)
-
-    async def __aiter__(self):  # type: ignore[override]
-        await asyncio.sleep(0)
-        yield b"[]"
-
-    async def aclose(self) -> None:
-        self.transport.active -= 1
-
-
-async def test_the_cap_holds_across_requests_and_bodies() -> None:
-    inner = SlowTransport()
-    async with httpx.AsyncClient(transport=InstanceLimit(inner, 3)) as http:
-        responses = await asyncio.gather(*(http.get(f"http://gitlab/{i}") for i in range(20)))
-    assert [r.status_code for r in responses] == [200] * 20
-    assert inner.peak == 3  # a request counts until its body is closed
-
-
-async def test_a_failed_request_gives_its_slot_back() -> None:
-    inner = SlowTransport(fail_paths=frozenset({"/bad"}))
-    async with httpx.AsyncClient(transport=InstanceLimit(inner, 1)) as http:
-        for _ in range(3):
-            with pytest.raises(httpx.ConnectError):
-                await http.get("http://gitlab/bad")
-        assert (await http.get("http://gitlab/ok")).status_code == 200
-
-
-async def test_the_shared_client_keeps_no_cookies() -> None:
-    http = create_http_client(Settings(_env_file=None))  # type: ignore[call-arg]
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    app = web.Application()
+    app.router.add_get("/slow/{i}", srv.slow)
+    app.router.add_get("/redirect", srv.redirect)
+    app.router.add_get("/hang", srv.hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    srv.url = f"http://127.0.0.1:{port}"
     try:
-        http._transport = InstanceLimit(SlowTransport(), 2)  # no network in unit tests
-        await http.get("http://gitlab/one")
-        assert not http.cookies
-        request = http.build_request("GET", "http://gitlab/two")
-        assert "cookie" not in request.headers
+        yield srv
     finally:
-        await http.aclose()
+        await runner.cleanup()
+
+
+async def test_the_cap_holds_across_requests_and_bodies(server: Server) -> None:
+    wire = AiohttpWire(_settings(gitlab_max_in_flight=3))
+    try:
+        answers = await asyncio.gather(*(wire.get(f"{server.url}/slow/{i}", {}) for i in range(12)))
+    finally:
+        await wire.aclose()
+    assert [(a.status, a.body) for a in answers] == [(200, b"[]")] * 12
+    assert server.peak == 3  # never more, and the cap was used
+
+
+async def test_no_cookie_travels_to_the_next_request(server: Server) -> None:
+    wire = AiohttpWire(_settings())
+    try:
+        for i in range(3):
+            await wire.get(f"{server.url}/slow/{i}", {"Authorization": f"Bearer user-{i}"})
+    finally:
+        await wire.aclose()
+    assert server.cookies_seen == [None, None, None]
+
+
+async def test_a_redirect_is_an_answer_not_followed(server: Server) -> None:
+    wire = AiohttpWire(_settings())
+    try:
+        answer = await wire.get(f"{server.url}/redirect", {"Authorization": "Bearer t"})
+    finally:
+        await wire.aclose()
+    assert answer.status == 302
+    assert answer.headers["location"] == "http://elsewhere.invalid/"  # case-insensitive
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_refused_and_timed_out_requests_raise_wire_error_and_free_their_slot(
+    server: Server,
+) -> None:
+    wire = AiohttpWire(_settings(gitlab_max_in_flight=1, gitlab_read_timeout=0.2))
+    dead = f"http://127.0.0.1:{_free_port()}/x?private_token=SECRET"
+    try:
+        for _ in range(3):
+            with pytest.raises(WireError) as refused:
+                await wire.get(dead, {})
+            assert "SECRET" not in str(refused.value) and "127.0.0.1" not in str(refused.value)
+        with pytest.raises(WireError):
+            await wire.get(f"{server.url}/hang", {})
+        # With one slot, this answers only if every failure gave its slot back.
+        answer = await asyncio.wait_for(wire.get(f"{server.url}/slow/1", {}), 10)
+    finally:
+        await wire.aclose()
+    assert answer.status == 200
+
+
+def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _proxy_for("https://gitlab.example.com/api/v4") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _proxy_for("https://gitlab.example.com/api/v4") == "http://proxy.internal:3128"
+    assert _proxy_for("http://gitlab.example.com/api/v4") is None  # only HTTPS_PROXY set
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    assert _proxy_for("https://gitlab.example.com/api/v4") is None
+
+
+@respx.mock
+async def test_httpx_wire_maps_transport_errors_without_the_url() -> None:
+    respx.get("https://gitlab.example.com/api/v4/user").mock(
+        side_effect=httpx.ConnectError("refused: https://gitlab.example.com/?private_token=S")
+    )
+    async with httpx.AsyncClient() as http:
+        wire = HttpxWire(http, _settings())
+        with pytest.raises(WireError) as err:
+            await wire.get("https://gitlab.example.com/api/v4/user", {})
+    assert str(err.value) == "ConnectError"
