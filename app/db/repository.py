@@ -240,18 +240,31 @@ async def delete_user(session: AsyncSession, user_id: str) -> None:
     await session.execute(sa.delete(User).where(User.id == user_id))
 
 
+# The per-user reads of every poll, built once and executed with {"user_id": ...}: building
+# a statement (its column comparisons and cache key) cost more CPU than running it.
+_USER_ID: sa.BindParameter[str] = sa.bindparam("user_id")
+_ACCOUNT = (
+    sa.select(Account)
+    .where(Account.userId == _USER_ID, Account.providerId == GITLAB_PROVIDER)
+    .order_by(Account.updatedAt.desc())
+    .limit(1)
+)
+_ACCOUNT_FOR_UPDATE = _ACCOUNT.with_for_update()
+_PROJECTS = (
+    sa.select(MonitoredProject)
+    .where(MonitoredProject.userId == _USER_ID)
+    .order_by(MonitoredProject.gitlabProjectId)
+)
+_CURSORS = sa.select(SyncCursor).where(SyncCursor.user_id == _USER_ID)
+_LAST_SYNC = sa.select(LastSync).where(LastSync.userId == _USER_ID)
+
+
 async def get_gitlab_account(
     session: AsyncSession, user_id: str, *, for_update: bool = False
 ) -> Account | None:
-    stmt = (
-        sa.select(Account)
-        .where(Account.userId == user_id, Account.providerId == GITLAB_PROVIDER)
-        .order_by(Account.updatedAt.desc())
-        .limit(1)
-    )
-    if for_update and _dialect(session) == "postgresql":
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    locked = for_update and _dialect(session) == "postgresql"
+    stmt = _ACCOUNT_FOR_UPDATE if locked else _ACCOUNT
+    return (await session.execute(stmt, {"user_id": user_id})).scalar_one_or_none()
 
 
 async def store_rotated_tokens(
@@ -284,12 +297,7 @@ async def store_rotated_tokens(
 
 
 async def list_projects(session: AsyncSession, user_id: str) -> list[MonitoredProject]:
-    stmt = (
-        sa.select(MonitoredProject)
-        .where(MonitoredProject.userId == user_id)
-        .order_by(MonitoredProject.gitlabProjectId)
-    )
-    return list((await session.execute(stmt)).scalars())
+    return list((await session.execute(_PROJECTS, {"user_id": user_id})).scalars())
 
 
 async def list_all_projects(session: AsyncSession) -> list[tuple[str | None, MonitoredProject]]:
@@ -417,8 +425,8 @@ async def count_events(session: AsyncSession, user_id: str | None = None) -> int
 
 
 async def get_cursors(session: AsyncSession, user_id: str) -> dict[str, SyncCursor]:
-    stmt = sa.select(SyncCursor).where(SyncCursor.user_id == user_id)
-    return {c.gitlab_project_id: c for c in (await session.execute(stmt)).scalars()}
+    rows = (await session.execute(_CURSORS, {"user_id": user_id})).scalars()
+    return {c.gitlab_project_id: c for c in rows}
 
 
 def _build_advance_cursor(ins: Upsert, table: sa.Table) -> sa.Insert:
@@ -629,8 +637,7 @@ async def record_reconciliation(
 
 
 async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
-    stmt = sa.select(LastSync).where(LastSync.userId == user_id)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.execute(_LAST_SYNC, {"user_id": user_id})).scalar_one_or_none()
 
 
 def _build_upsert_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
@@ -702,15 +709,17 @@ async def release_lease(session: AsyncSession, user_id: str, holder: str) -> Non
     )
 
 
+_TRY_LOCK = sa.select(sa.func.pg_try_advisory_lock(sa.bindparam("key", type_=sa.BigInteger)))
+_UNLOCK = sa.select(sa.func.pg_advisory_unlock(sa.bindparam("key", type_=sa.BigInteger)))
+
+
 async def try_advisory_lock(session: AsyncSession, key: int) -> bool:
     """PostgreSQL session advisory lock: held until unlocked or the connection ends."""
-    stmt = sa.select(sa.func.pg_try_advisory_lock(sa.bindparam("key", key, sa.BigInteger)))
-    return bool((await session.execute(stmt)).scalar_one())
+    return bool((await session.execute(_TRY_LOCK, {"key": key})).scalar_one())
 
 
 async def advisory_unlock(conn: AsyncConnection, key: int) -> None:
-    stmt = sa.select(sa.func.pg_advisory_unlock(sa.bindparam("key", key, sa.BigInteger)))
-    await conn.execute(stmt)
+    await conn.execute(_UNLOCK, {"key": key})
 
 
 async def live_leases(session: AsyncSession) -> list[SyncLease]:

@@ -43,6 +43,7 @@ is taken by the pure `sansio` module. Behaviours the sync relies on:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -141,6 +142,12 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark an abandoned read-ahead's outcome as seen (no 'never retrieved' warning)."""
     if not future.cancelled():
         future.exception()
+
+
+@functools.lru_cache(maxsize=256)
+def _query_string(query: tuple[tuple[str, str], ...]) -> str:
+    """Percent-encoded query; cached: every notes request of a poll sends the same one."""
+    return urlencode(query, quote_via=quote)
 
 
 # --- the client -----------------------------------------------------------------------
@@ -412,7 +419,7 @@ class GitLabClient:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 
         def fetch(query: Query) -> Awaitable[tuple[list[T], Mapping[str, str]]]:
-            url = f"{base}?{urlencode(query, quote_via=quote)}" if query else base
+            url = f"{base}?{_query_string(tuple(query))}" if query else base
             return self._send(_Call("GET", url, path, template, decode))
 
         if not read_ahead:

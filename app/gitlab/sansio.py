@@ -76,7 +76,9 @@ _REL = re.compile(r""";\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
 
 def project_ref(project_id: int | str) -> str:
     """Path segment for a project: numeric ids as-is, paths URL-encoded (group%2Fproject)."""
-    return quote(str(project_id).strip(), safe="")  # digits are left as they are
+    if isinstance(project_id, int) or (project_id.isascii() and project_id.isdigit()):
+        return str(project_id).strip()  # the common case, once per request: no quoting
+    return quote(project_id.strip(), safe="")
 
 
 def as_utc(value: datetime) -> datetime:
