@@ -271,7 +271,8 @@ class Bench:
         with running(Service(sc, db.url, sim.url, self.log_dir)) as svc:
             self.measure_service(sim, svc, db, "cold", first)
             if self.warm:
-                self.measure_service(sim, svc, db, "warm", idle)
+                for _ in range(int(os.environ.get("BENCH_WARM_REPEAT", "1"))):
+                    self.measure_service(sim, svc, db, "warm", idle)
             if self.reconcile:
                 self.measure_reconciliation(sim, svc, db, idle)
         if bdb is not None:
