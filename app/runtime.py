@@ -7,13 +7,17 @@ from `create_loopback_client`. Nothing else constructs an engine or an HTTP clie
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import sqlalchemy as sa
+from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import configure_mappers
 
 from app.auth.oidc import OIDCVerifier
 from app.db.engine import create_engine, create_sessionmaker
@@ -71,6 +75,28 @@ async def open_runtime(
             await http.aclose()
         finally:
             await engine.dispose()
+
+
+async def warm_up(runtime: Runtime) -> None:
+    """Pay first-use costs at start-up instead of in the first poll: the ORM's mapper
+    configuration and the pooled PostgreSQL connections a poll opens at once (its run record
+    and POLL_CONCURRENCY users). Best effort: a database that is down only shows later, in
+    the requests that need it (503), never as a failed start."""
+    configure_mappers()
+    if runtime.settings.is_sqlite:
+        return
+    wanted = min(runtime.settings.poll_concurrency + 1, runtime.settings.db_pool_size)
+    try:
+        async with AsyncExitStack() as stack:  # held together: distinct connections
+            for _ in range(wanted):
+                conn = await stack.enter_async_context(runtime.engine.connect())
+                await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        logger.debug("database warm-up skipped: {}", type(exc).__name__)
+
+
+def start_warm_up(runtime: Runtime) -> asyncio.Task[None]:
+    return asyncio.create_task(warm_up(runtime), name="warm-up")
 
 
 def create_loopback_client() -> httpx.AsyncClient:

@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     gitlab_rate_limit_low_remaining: int = Field(20, ge=0)
     # Per user: a request count limit (GitLab.com: 2,000 a minute per user; self-managed:
     # off by default) does not limit concurrency; pacing on RateLimit-Remaining does that.
-    gitlab_user_concurrency: int = Field(32, ge=1, le=100)
+    # 40 = the instance cap: one user alone may use it all, several share it.
+    gitlab_user_concurrency: int = Field(40, ge=1, le=100)
     # Per process, all users together: what the GitLab instance sees at most (40 = the old
     # peak of 5 users x 8), so a small self-managed GitLab is never flooded.
     gitlab_max_in_flight: int = Field(40, ge=1, le=1000)

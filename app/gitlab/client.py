@@ -544,7 +544,12 @@ class GitLabClient:
             status,
             headers,
             now=now,
-            low_remaining=self._settings.gitlab_rate_limit_low_remaining,
+            # At least what this user may have in flight: those are sent before the next
+            # answer says the quota is gone.
+            low_remaining=max(
+                self._settings.gitlab_rate_limit_low_remaining,
+                self._settings.gitlab_user_concurrency,
+            ),
             max_wait=self._settings.gitlab_rate_limit_max_wait,
         )
         if pace is None:

@@ -100,11 +100,14 @@ class AiohttpWire:
             sock_read=settings.gitlab_read_timeout,
         )
         self._proxy = _proxy_for(settings.gitlab_api_url)
+        # Built here, at start-up (~10-30 ms), not by the first request of the first poll.
+        https = settings.gitlab_api_url.startswith("https:")
+        self._ssl = httpx.create_ssl_context() if https else True
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # One connection per request in flight; idle ones kept for the next user's pages.
-        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=httpx.create_ssl_context())
+        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
