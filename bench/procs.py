@@ -117,6 +117,9 @@ class Simulator:
         return r.json()["requests"]
 
     def clear_requests(self) -> None:
+        """Before a measured phase: an empty request log and every page pre-encoded (the
+        simulator's CPU then stays small next to the service's; bench/README.md)."""
+        self.http.post("/_sim/prerender").raise_for_status()
         self.http.delete("/_sim/requests").raise_for_status()
 
     def stop(self) -> None:

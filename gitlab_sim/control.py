@@ -130,6 +130,14 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.post("/prerender")
+async def prerender(request: Request) -> dict[str, int]:
+    """Fill the rendered-JSON cache with every item and note (see render.prerender)."""
+    world = _world(request)
+    with world.lock:
+        return {"rendered": render.prerender(world)}
+
+
 @router.get("/world")
 async def get_world(request: Request) -> dict[str, Any]:
     return _world(request).describe()

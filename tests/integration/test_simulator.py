@@ -642,6 +642,21 @@ def test_request_log(fresh):
     assert httpx.get(f"{fresh.url}/_sim/requests").json()["total"] == 0
 
 
+def test_prerender_leaves_every_answer_as_it_was_and_later_edits_show(fresh):
+    """POST /_sim/prerender (used by the benchmark) only fills the cache: the pages are the
+    same bytes, and an item edited afterwards is rendered anew, not served stale."""
+    with client(fresh, "user2") as c:
+        before = [r.content for r in walk(c, "/projects/2/issues", per_page=3)]
+        notes_before = c.get("/projects/2/issues/1/notes").content
+        r = httpx.post(f"{fresh.url}/_sim/prerender")
+        assert r.status_code == 200 and r.json()["rendered"] > 0
+        assert [r.content for r in walk(c, "/projects/2/issues", per_page=3)] == before
+        assert c.get("/projects/2/issues/1/notes").content == notes_before
+        fresh.world.update_item(2, "issue", 1, title="renamed after prerender")
+        titles = [i["title"] for r in walk(c, "/projects/2/issues", per_page=3) for i in r.json()]
+        assert "renamed after prerender" in titles
+
+
 # --- control API, oracle, determinism --------------------------------------------------------
 def test_control_world_users_projects_memberships(fresh):
     base = f"{fresh.url}/_sim"
