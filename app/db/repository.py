@@ -6,9 +6,10 @@ per call from the session's dialect; batches are one statement per page, never p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from app.db.models import (
     SyncCursor,
     SyncLease,
     User,
+    UTCDateTime,
     new_id,
     utcnow,
 )
@@ -394,6 +396,56 @@ def _upsert_events_stmt(session: AsyncSession) -> sa.Insert:
     return stmt
 
 
+# The labels' JSON array back to TEXT[], in their order.
+_LABELS_ARRAY = (
+    "ARRAY(SELECT l.v FROM json_array_elements_text(r.labels) WITH ORDINALITY AS l(v, n)"
+    " ORDER BY l.n)"
+)
+
+
+def _pg_upsert_events_sql() -> sa.TextClause:
+    """PostgreSQL: the whole page as one JSON parameter, unpacked by json_to_recordset.
+
+    Same ON CONFLICT as the portable statement, but SQLAlchemy and asyncpg handle one
+    parameter instead of 14 per row: per-row parameter processing was about a quarter of
+    the service's CPU on a backfill. Times travel as naive UTC text at millisecond
+    precision (TIMESTAMP(3), truncated like UTCDateTime), never through a session time zone.
+    """
+    cols = [c.name for c in _table(Event).c if c.name not in ("userId", "updatedAt")]
+    types = {"labels": "json", "createdAt": "timestamp(3)"}
+    record = ", ".join(f'"{c}" {types.get(c, "text")}' for c in cols)
+    picked = ", ".join(_LABELS_ARRAY if c == "labels" else f'r."{c}"' for c in cols)
+    names = ", ".join(f'"{c}"' for c in cols)
+    changed = " OR ".join(
+        f'"Event"."{c}" IS DISTINCT FROM excluded."{c}"' for c in _TRACKED_COLUMNS
+    )
+    updated = ", ".join(
+        f'"{c}" = excluded."{c}"' for c in (*_TRACKED_COLUMNS, "createdAt", "type", "updatedAt")
+    )
+    # Built from the model's own column names, once at import: no outside text in it.
+    sql = (
+        f'INSERT INTO "Event" ({names}, "userId", "updatedAt") '  # noqa: S608
+        f"SELECT {picked}, :user_id, :now "
+        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
+        f'ON CONFLICT ("userId", "gitlabEventId") DO UPDATE SET {updated} WHERE {changed} '
+        "RETURNING id"
+    )
+    return sa.text(sql).bindparams(
+        sa.bindparam("user_id", type_=sa.Text),
+        sa.bindparam("now", type_=UTCDateTime()),
+        sa.bindparam("rows", type_=sa.Text),
+    )
+
+
+_PG_UPSERT_EVENTS = _pg_upsert_events_sql()
+
+
+def _naive_utc_ms(value: datetime) -> str:
+    return (
+        value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+    ).isoformat(timespec="milliseconds")
+
+
 async def upsert_events(
     session: AsyncSession, user_id: str, rows: Sequence[EventRow]
 ) -> UpsertCounts:
@@ -407,9 +459,20 @@ async def upsert_events(
     # One row per key: a page never holds duplicates, but ON CONFLICT would fail on them.
     unique = {r["gitlabEventId"]: r for r in rows}
     now = utcnow()
-    values = [{**r, "id": new_id(), "userId": user_id, "updatedAt": now} for r in unique.values()]
+    if _dialect(session) == "postgresql":
+        values = [
+            {**r, "id": new_id(), "createdAt": _naive_utc_ms(r["createdAt"])}
+            for r in unique.values()
+        ]
+        params = {"user_id": user_id, "now": now, "rows": json.dumps(values, ensure_ascii=False)}
+        result = await session.execute(_PG_UPSERT_EVENTS, params)
+    else:
+        values = [
+            {**r, "id": new_id(), "userId": user_id, "updatedAt": now} for r in unique.values()
+        ]
+        result = await session.execute(_upsert_events_stmt(session), values)
     ours = {v["id"] for v in values}
-    returned = (await session.execute(_upsert_events_stmt(session), values)).scalars().all()
+    returned = result.scalars().all()
     inserted = sum(1 for i in returned if i in ours)
     return UpsertCounts(inserted=inserted, updated=len(returned) - inserted)
 
