@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,26 @@ class ServiceProcess:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def kill_when(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """SIGKILL at a moment `predicate` holds of the database. The process is frozen
+        (SIGSTOP) while it is checked, after a moment for what it already sent to finish, so
+        the state the predicate saw is the state the kill leaves (a poll's users finishing
+        together would otherwise slip between the check and the kill)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            try:
+                time.sleep(0.05)
+                if predicate():
+                    self.kill()
+                    return True
+            finally:
+                if self.proc.poll() is None:
+                    os.kill(self.proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        return False
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

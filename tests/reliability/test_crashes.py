@@ -145,10 +145,8 @@ def test_sigkill_mid_run_then_restart_restores_equality_without_stuck_leases(pg_
         try:
             t = threading.Thread(target=lambda: _swallow(first.poll, 120), daemon=True)
             t.start()
-            # Kill once some users are done and others are in flight (one snapshot: users
-            # finishing together leave a moment with no committed lease between batches).
-            assert _wait_for(lambda: query(pg_url, _DONE_AND_IN_FLIGHT)[0][0], 90)
-            first.kill()
+            # Kill once some users are done and others are in flight (holding lease rows).
+            assert first.kill_when(lambda: query(pg_url, _DONE_AND_IN_FLIGHT)[0][0], 90)
         finally:
             first.stop()
         t.join(timeout=30)
@@ -198,11 +196,14 @@ def test_sigkill_mid_run_then_restart_syncs_every_user_at_once_with_advisory_loc
         try:
             t = threading.Thread(target=lambda: _swallow(first.poll, 120), daemon=True)
             t.start()
-            assert _wait_for(
-                lambda: query(pg_url, 'SELECT count(*) FROM "LastSync"')[0][0] >= 3, 90
+            # Kill once some users are done and others are in flight (holding their locks).
+            assert first.kill_when(
+                lambda: (
+                    query(pg_url, 'SELECT count(*) FROM "LastSync"')[0][0] >= 3
+                    and _advisory_locks(pg_url) > 0
+                ),
+                90,
             )
-            assert _advisory_locks(pg_url) > 0  # users in flight hold their locks
-            first.kill()
         finally:
             first.stop()
         t.join(timeout=30)
