@@ -25,6 +25,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def naive_utc_ms(value: datetime) -> datetime:
+    """How a time is stored: naive UTC (a naive value is taken as UTC) truncated to
+    milliseconds, TIMESTAMP(3), so SQLite's stored values equal PostgreSQL's."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """TIMESTAMP(3) without time zone holding UTC, as the original stores it.
 
@@ -40,12 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return dialect.type_descriptor(sa.DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        # TIMESTAMP(3): keep SQLite's stored values identical to PostgreSQL's.
-        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+        return None if value is None else naive_utc_ms(value)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:

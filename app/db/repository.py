@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -27,6 +27,7 @@ from app.db.models import (
     SyncLease,
     User,
     UTCDateTime,
+    naive_utc_ms,
     new_id,
     utcnow,
 )
@@ -440,10 +441,8 @@ def _pg_upsert_events_sql() -> sa.TextClause:
 _PG_UPSERT_EVENTS = _pg_upsert_events_sql()
 
 
-def _naive_utc_ms(value: datetime) -> str:
-    return (
-        value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-    ).isoformat(timespec="milliseconds")
+def _as_text(stored: datetime) -> str:
+    return stored.isoformat(timespec="milliseconds")
 
 
 async def upsert_events(
@@ -461,7 +460,7 @@ async def upsert_events(
     now = utcnow()
     if _dialect(session) == "postgresql":
         values = [
-            {**r, "id": new_id(), "createdAt": _naive_utc_ms(r["createdAt"])}
+            {**r, "id": new_id(), "createdAt": _as_text(naive_utc_ms(r["createdAt"]))}
             for r in unique.values()
         ]
         params = {"user_id": user_id, "now": now, "rows": json.dumps(values, ensure_ascii=False)}
