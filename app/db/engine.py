@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from time import perf_counter
 from typing import Any
 
@@ -54,6 +56,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
+        settle_failed_sqlite_opens(engine)
         _configure_sqlite(engine)
     else:
         _ping_on_checkout(engine)  # before the checkout counter: a failed ping is no checkout
@@ -99,6 +102,40 @@ def _count_checkouts(engine: AsyncEngine) -> None:
         # Also fires for invalidated connections; the flag keeps inc/dec paired.
         if record is not None and record.info.pop("gi_checked_out", False):
             metrics.DB_POOL_CHECKED_OUT.dec()
+
+
+def settle_failed_sqlite_opens(engine: AsyncEngine) -> None:
+    """Open SQLite connections through `_open_aiosqlite`, which cleans up after a failed open.
+
+    The same arguments SQLAlchemy would pass to `aiosqlite.connect`; only the failure path
+    differs (see `_open_aiosqlite`).
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _do_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return dialect.dbapi.connect(*cargs, async_creator_fn=_open_aiosqlite, **cparams)
+
+
+async def _open_aiosqlite(*args: Any, **kwargs: Any) -> Any:
+    """`aiosqlite.connect`, waiting for the worker thread of a connection that failed to open.
+
+    On a failed open (a missing folder, no permission) aiosqlite queues the stop of its
+    worker thread without awaiting it; the thread then reports to this event loop, often
+    after `asyncio.run` has closed it: "Event loop is closed" raised in that thread, on
+    stderr. Waiting here ends the thread while the loop still runs.
+    """
+    import aiosqlite
+
+    conn = aiosqlite.connect(*args, **kwargs)
+    # Before 0.22 the connection is the thread; since, it holds one. Daemon, as SQLAlchemy
+    # makes it: a connection never closed must not keep the process alive.
+    worker = conn if isinstance(conn, threading.Thread) else conn._thread
+    worker.daemon = True
+    try:
+        return await conn
+    except Exception:
+        await asyncio.to_thread(worker.join, 5)
+        raise
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

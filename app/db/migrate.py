@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.db.engine import settle_failed_sqlite_opens
 from app.settings import normalize_database_url
 
 BASELINE_REVISION = "0001"
@@ -149,7 +149,10 @@ def _run(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def _engine(url: str) -> AsyncEngine:
     connect_args: dict[str, Any] = {"timeout": _CONNECT_TIMEOUT}
     # NullPool: the connection really closes afterwards, releasing the session lock.
-    return create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+    if engine.dialect.name == "sqlite":
+        settle_failed_sqlite_opens(engine)
+    return engine
 
 
 def _safe_url(url: str) -> str:
@@ -178,26 +181,12 @@ def _one_line(exc: BaseException, url: str) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _sqlite_workers() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")}
-
-
-async def _let_failed_sqlite_connections_stop(before: set[threading.Thread]) -> None:
-    """aiosqlite stops a connection that failed to open on its worker thread, which then
-    reports to this event loop: keep the loop running until those threads have ended, or
-    they report to a closed loop ('Event loop is closed' in a thread, on stderr)."""
-    for thread in _sqlite_workers() - before:
-        await asyncio.to_thread(thread.join, 5)
-
-
 async def _with_connection(url: str, fn: Callable[[Connection], T]) -> T:
     engine = _engine(url)
-    workers = _sqlite_workers()
     try:
         try:
             conn = await engine.connect()
         except Exception as exc:
-            await _let_failed_sqlite_connections_stop(workers)
             raise MigrationError(
                 f"cannot connect to database {_safe_url(url)}: {_one_line(exc, url)}",
                 connecting=True,
