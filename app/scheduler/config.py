@@ -256,8 +256,8 @@ def _load_mapping(text: str) -> dict[str, Any]:
     return data
 
 
-def parse_flags(data: dict[str, Any]) -> SchedulerJob:
-    """The typed job from a `--flag: value` map; structural problems raise all at once."""
+def _flag_name_problems(data: dict[str, Any]) -> list[str]:
+    """Keys that are not flags gcloud accepts in a flags file."""
     problems: list[str] = []
     for key in data:
         if not isinstance(key, str) or not key.startswith("--"):
@@ -266,76 +266,96 @@ def parse_flags(data: dict[str, Any]) -> SchedulerJob:
             problems.append(f"{key}: not a flag of `gcloud scheduler jobs create http`")
     if "--message-body-from-file" in data:
         problems.append("--message-body-from-file: use --message-body (the file must stand alone)")
+    return problems
 
-    def text(flag: str, default: str | None = None) -> str | None:
-        v = data.get(flag, default)
+
+class _FlagReader:
+    """Typed values out of the flag map. A value of the wrong type becomes a line in
+    `problems` and its default is used, so that every problem is reported at once."""
+
+    def __init__(self, data: dict[str, Any], problems: list[str]) -> None:
+        self.data = data
+        self.problems = problems
+
+    def text(self, flag: str, default: str | None = None) -> str | None:
+        v = self.data.get(flag, default)
         if v is None:
             return None
         if isinstance(v, dict | list | bool):
-            problems.append(f"{flag}: must be a string")
+            self.problems.append(f"{flag}: must be a string")
             return None
         return str(v)
 
-    def integer(flag: str, default: int) -> int:
-        v = data.get(flag, default)
+    def integer(self, flag: str, default: int) -> int:
+        v = self.data.get(flag, default)
         if isinstance(v, bool) or not isinstance(v, int):
-            problems.append(f"{flag}: must be a whole number, got {v!r}")
+            self.problems.append(f"{flag}: must be a whole number, got {v!r}")
             return default
         return v
 
-    def duration(flag: str, default: timedelta) -> timedelta:
-        if flag not in data:
+    def duration(self, flag: str, default: timedelta) -> timedelta:
+        if flag not in self.data:
             return default
         try:
-            return parse_duration(data[flag])
+            return parse_duration(self.data[flag])
         except ValueError as exc:
-            problems.append(f"{flag}: {exc}")
+            self.problems.append(f"{flag}: {exc}")
             return default
 
-    headers: dict[str, str] = {}
-    raw_headers = data.get("--headers", {})
-    if isinstance(raw_headers, dict):
-        headers = {str(k): "" if v is None else str(v) for k, v in raw_headers.items()}
-    elif isinstance(raw_headers, str):
-        # gcloud's inline form: KEY=VALUE,KEY=VALUE
-        for pair in filter(None, raw_headers.split(",")):
+    def headers(self) -> dict[str, str]:
+        """--headers as a YAML map, or gcloud's inline form KEY=VALUE,KEY=VALUE."""
+        raw = self.data.get("--headers", {})
+        if isinstance(raw, dict):
+            return {str(k): "" if v is None else str(v) for k, v in raw.items()}
+        if not isinstance(raw, str):
+            self.problems.append("--headers: must be a map of header names to values")
+            return {}
+        headers: dict[str, str] = {}
+        for pair in filter(None, raw.split(",")):
             k, sep, v = pair.partition("=")
             if not sep:
-                problems.append(f"--headers: '{pair}' is not KEY=VALUE")
+                self.problems.append(f"--headers: '{pair}' is not KEY=VALUE")
             headers[k.strip()] = v.strip()
-    else:
-        problems.append("--headers: must be a map of header names to values")
+        return headers
 
-    schedule = text("--schedule")
-    uri = text("--uri")
+    def retry(self) -> JobRetryConfig:
+        """The retry flags; absent ones take gcloud's defaults."""
+        return JobRetryConfig(
+            retry_count=self.integer("--max-retry-attempts", 0),
+            min_backoff=self.duration("--min-backoff", timedelta(seconds=5)),
+            max_backoff=self.duration("--max-backoff", timedelta(hours=1)),
+            max_doublings=self.integer("--max-doublings", 5),
+            max_retry_duration=self.duration("--max-retry-duration", timedelta(0)),
+        )
+
+
+def parse_flags(data: dict[str, Any]) -> SchedulerJob:
+    """The typed job from a `--flag: value` map; structural problems raise all at once."""
+    flags = _FlagReader(data, _flag_name_problems(data))
+    headers = flags.headers()
+    schedule = flags.text("--schedule")
+    uri = flags.text("--uri")
+    # Present with the wrong type is already a problem; only an absent flag is "required".
     for flag, value in (("--schedule", schedule), ("--uri", uri)):
-        if value is None and flag in data:
-            continue
-        if value is None:
-            problems.append(f"{flag}: required")
-    retry = JobRetryConfig(
-        retry_count=integer("--max-retry-attempts", 0),
-        min_backoff=duration("--min-backoff", timedelta(seconds=5)),
-        max_backoff=duration("--max-backoff", timedelta(hours=1)),
-        max_doublings=integer("--max-doublings", 5),
-        max_retry_duration=duration("--max-retry-duration", timedelta(0)),
-    )
+        if value is None and flag not in data:
+            flags.problems.append(f"{flag}: required")
+    retry = flags.retry()
     job_values = dict(
         schedule=" ".join((schedule or "").split()),
-        time_zone=text("--time-zone", "Etc/UTC") or "Etc/UTC",
+        time_zone=flags.text("--time-zone", "Etc/UTC") or "Etc/UTC",
         uri=(uri or "").strip(),
-        http_method=(text("--http-method", "POST") or "POST").upper(),
+        http_method=(flags.text("--http-method", "POST") or "POST").upper(),
         headers=headers,
-        message_body=text("--message-body"),
-        attempt_deadline=duration("--attempt-deadline", timedelta(minutes=3)),
-        description=text("--description"),
+        message_body=flags.text("--message-body"),
+        attempt_deadline=flags.duration("--attempt-deadline", timedelta(minutes=3)),
+        description=flags.text("--description"),
         retry=retry,
-        oidc_service_account_email=text(OIDC_EMAIL_FLAG),
-        oidc_token_audience=text(OIDC_AUDIENCE_FLAG),
-        oauth_service_account_email=text("--oauth-service-account-email"),
+        oidc_service_account_email=flags.text(OIDC_EMAIL_FLAG),
+        oidc_token_audience=flags.text(OIDC_AUDIENCE_FLAG),
+        oauth_service_account_email=flags.text("--oauth-service-account-email"),
     )
-    if problems:
-        raise SchedulerConfigError(problems)
+    if flags.problems:
+        raise SchedulerConfigError(flags.problems)
     return SchedulerJob(**job_values)
 
 
