@@ -16,8 +16,11 @@ from app.cli.output import CLIError, iso, print_json, print_table
 
 if TYPE_CHECKING:
     from app.db.models import PollRun
-    from app.db.repository import UserStatus
+    from app.db.repository import ProjectStatus, UserStatus
     from app.runtime import Runtime
+    from app.settings import Settings
+
+    FailingProject = tuple[UserStatus, ProjectStatus]
 
 
 def when(value: datetime | None) -> str:
@@ -97,14 +100,9 @@ def runs(
     print_table([*RUN_HEADERS, "error"], run_rows(found))
 
 
-def status(
-    user: Annotated[str | None, typer.Option("--user", help="Only this user (e-mail)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-) -> None:
-    """Show the last runs, each user's last sync and the projects whose last sync failed."""
+def read_status(settings: Settings, user: str | None) -> tuple[list[PollRun], list[UserStatus]]:
+    """The last 5 runs and each user's sync status (only `user`'s, when given)."""
     from app.db import repository as repo
-
-    settings = settings_or_exit()
 
     async def work(rt: Runtime) -> tuple[list[PollRun], list[UserStatus]]:
         async with rt.sessionmaker() as s:
@@ -116,37 +114,47 @@ def status(
                 user_id = owner.id
             return await repo.recent_runs(s, limit=5), await repo.sync_status(s, user_id)
 
-    last_runs, users = run_in_runtime(settings, work)
+    return run_in_runtime(settings, work)
+
+
+def failing_projects(users: list[UserStatus]) -> list[FailingProject]:
     # A project's error is cleared by its next successful sync: an error is a failing project.
-    failing = [(u, p) for u in users for p in u.projects if p.last_error is not None]
-    if as_json:
-        print_json(
+    return [(u, p) for u in users for p in u.projects if p.last_error is not None]
+
+
+def status_json(
+    last_runs: list[PollRun], users: list[UserStatus], failing: list[FailingProject]
+) -> dict[str, object]:
+    return {
+        "runs": [run_json(r) for r in last_runs],
+        "users": [
             {
-                "runs": [run_json(r) for r in last_runs],
-                "users": [
-                    {
-                        "id": u.user_id,
-                        "email": u.email,
-                        "last_sync_at": iso(u.last_sync_at),
-                        "projects": len(u.projects),
-                    }
-                    for u in users
-                ],
-                "failing_projects": [
-                    {
-                        "user_id": u.user_id,
-                        "email": u.email,
-                        "project_id": p.gitlab_project_id,
-                        "path": p.path,
-                        "last_error": p.last_error,
-                        "last_error_at": iso(p.last_error_at),
-                        "last_success_at": iso(p.last_success_at),
-                    }
-                    for u, p in failing
-                ],
+                "id": u.user_id,
+                "email": u.email,
+                "last_sync_at": iso(u.last_sync_at),
+                "projects": len(u.projects),
             }
-        )
-        return
+            for u in users
+        ],
+        "failing_projects": [
+            {
+                "user_id": u.user_id,
+                "email": u.email,
+                "project_id": p.gitlab_project_id,
+                "path": p.path,
+                "last_error": p.last_error,
+                "last_error_at": iso(p.last_error_at),
+                "last_success_at": iso(p.last_success_at),
+            }
+            for u, p in failing
+        ],
+    }
+
+
+def print_status(
+    last_runs: list[PollRun], users: list[UserStatus], failing: list[FailingProject]
+) -> None:
+    """Three tables (runs, users, failing projects), each replaced by one line when empty."""
     if last_runs:
         print_table(RUN_HEADERS + ["error"], run_rows(last_runs), title="Last runs")
     else:
@@ -178,3 +186,16 @@ def status(
         )
     else:
         typer.echo("no failing projects")
+
+
+def status(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user (e-mail)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show the last runs, each user's last sync and the projects whose last sync failed."""
+    last_runs, users = read_status(settings_or_exit(), user)
+    failing = failing_projects(users)
+    if as_json:
+        print_json(status_json(last_runs, users, failing))
+    else:
+        print_status(last_runs, users, failing)
