@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -41,6 +45,28 @@ def check_port_free(host: str, port: int) -> None:
             fail(f"cannot listen on {host}:{port}: {reason.lower()}")
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM is handled as Ctrl-C (SIGINT) while the command runs.
+
+    docker stop, systemd and Kubernetes stop a service with SIGTERM. uvicorn shuts down
+    gracefully on it, then puts back the handler it found and raises the signal again: with
+    Python's default handler that second SIGTERM killed the process (exit 143, as if the
+    shutdown had not been clean). As Ctrl-C's handler it is the KeyboardInterrupt that
+    follows a graceful shutdown, and the command exits 0. Before the server runs
+    (migrations) it interrupts the command as Ctrl-C would; that also makes SIGTERM heard at
+    all by a container's PID 1, for which the kernel drops default-handled signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
     """The API server and the built-in scheduler, until SIGINT/SIGTERM."""
     from app.scheduler.runner import SchedulerStartError, build_server
@@ -49,7 +75,10 @@ def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
         server = build_server(settings, host=host, port=port)
     except SchedulerStartError as exc:  # scheduler.yaml changed since the first check
         fail(str(exc), code=2)
-    server.run()
+    # The KeyboardInterrupt uvicorn raises again after its graceful shutdown (uvicorn.run
+    # swallows it; Server.run does not).
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
 
 
 def serve(
@@ -66,31 +95,32 @@ def serve(
     """Run the API server (uvicorn)."""
     settings = settings_or_exit()
     check_port_free(host, port)
-    if scheduler:
-        from app.scheduler.runner import SchedulerStartError, build_scheduler
+    with sigterm_as_ctrl_c():
+        if scheduler:
+            from app.scheduler.runner import SchedulerStartError, build_scheduler
 
-        try:  # refuse a scheduler that cannot run before touching the database
-            build_scheduler(settings)
-        except SchedulerStartError as exc:
-            fail(str(exc), code=2)
-    if migrate:
-        from loguru import logger
+            try:  # refuse a scheduler that cannot run before touching the database
+                build_scheduler(settings)
+            except SchedulerStartError as exc:
+                fail(str(exc), code=2)
+        if migrate:
+            from loguru import logger
 
-        logger.info("database: {}", upgrade_or_exit(settings))
-    if scheduler:
-        serve_with_scheduler(settings, host=host, port=port)
-        return
-    import uvicorn
+            logger.info("database: {}", upgrade_or_exit(settings))
+        if scheduler:
+            serve_with_scheduler(settings, host=host, port=port)
+            return
+        import uvicorn
 
-    uvicorn.run(
-        # An import string, not an app object: --reload re-imports it in a fresh process.
-        "app.main:app",
-        host=host,
-        port=port,
-        reload=reload,
-        log_config=None,  # keep the redacting loguru setup
-        proxy_headers=False,
-    )
+        uvicorn.run(
+            # An import string, not an app object: --reload re-imports it in a fresh process.
+            "app.main:app",
+            host=host,
+            port=port,
+            reload=reload,
+            log_config=None,  # keep the redacting loguru setup
+            proxy_headers=False,
+        )
 
 
 def migrate() -> None:
