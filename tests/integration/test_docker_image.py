@@ -1,5 +1,6 @@
-"""The Docker image's logic, checked without a Docker engine: its command run as a process
-here, which must stop cleanly on SIGTERM (`docker stop`)."""
+"""The Docker image's logic, checked without a Docker engine: what the Dockerfile copies and
+installs (the wheel it builds, its scripts), and its command run as a process here,
+which must stop cleanly on SIGTERM (`docker stop`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -49,12 +51,49 @@ def image_cmd() -> list[str]:
     return json.loads(cmd)
 
 
+def copied_sources() -> set[str]:
+    return {src for args in arguments("COPY") for src in args.split()[:-1]}
+
+
+def removed_scripts() -> set[str]:
+    return {m for args in arguments("RUN") for m in re.findall(r"rm /usr/local/bin/(\S+)", args)}
+
+
 def test_the_command_is_exec_form_so_the_service_gets_sigterm() -> None:
     # Shell form (`CMD gitlab-insights serve`) makes /bin/sh PID 1, which does not pass
     # `docker stop`'s SIGTERM on: the service would be killed 10 s later instead.
     (cmd,) = arguments("CMD")
     assert isinstance(json.loads(cmd), list)
     assert not arguments("ENTRYPOINT")
+
+
+@pytest.mark.slow
+def test_every_script_the_image_keeps_has_its_package(tmp_path) -> None:
+    """Build the wheel the image installs, from only what the Dockerfile copies: a script
+    whose package is not in it would crash in the image, so the Dockerfile must remove it."""
+    stage = tmp_path / "srv"
+    stage.mkdir()
+    for src in copied_sources():
+        subprocess.run(["cp", "-r", str(ROOT / src), str(stage / src)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(stage)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        packages = {name.split("/")[0] for name in z.namelist()}
+        (entry_points,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        lines = z.read(entry_points).decode().splitlines()
+    scripts = {
+        ln.split("=")[0].strip(): ln.split("=")[1].strip().split(".")[0].split(":")[0]
+        for ln in lines[lines.index("[console_scripts]") + 1 :]
+        if "=" in ln
+    }
+    assert "gitlab-insights" in scripts
+    unusable = {script for script, package in scripts.items() if package not in packages}
+    assert unusable == {"gitlab-sim"}  # the simulator is not copied into the image
+    assert removed_scripts() == unusable
 
 
 def serve_like_the_image(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
