@@ -7,12 +7,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /srv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY app ./app
-# The GitLab simulator (gitlab_sim, for tests and the demo) stays out of this production
-# image, so its `gitlab-sim` script, which the package declares, is removed: it could only
-# crash here. `--version` proves the service's own script runs.
-RUN pip install . \
+# Exactly the versions CI tests (constraints.txt; `bash .ci/lock` refreshes it). The GitLab
+# simulator (gitlab_sim, for tests and the demo) stays out of this production image, so its
+# `gitlab-sim` script, which the package declares, is removed: it could only crash here.
+# `--version` proves the service's own script runs.
+RUN pip install -c constraints.txt . \
     && rm /usr/local/bin/gitlab-sim \
     && gitlab-insights --version \
     && useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin insights \

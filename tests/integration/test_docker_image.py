@@ -1,5 +1,5 @@
 """The Docker image's logic, checked without a Docker engine: what the Dockerfile copies and
-installs (the wheel it builds, its scripts), and its command run as a process here,
+installs (the wheel it builds, its scripts, the lock), and its command run as a process here,
 which must stop cleanly on SIGTERM (`docker stop`)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -65,6 +66,29 @@ def test_the_command_is_exec_form_so_the_service_gets_sigterm() -> None:
     (cmd,) = arguments("CMD")
     assert isinstance(json.loads(cmd), list)
     assert not arguments("ENTRYPOINT")
+
+
+def test_the_image_installs_the_locked_versions() -> None:
+    assert "constraints.txt" in copied_sources()
+    installs = [args for args in arguments("RUN") if "pip install" in args]
+    assert installs and all("pip install -c constraints.txt " in args for args in installs)
+
+
+def test_the_lock_pins_every_dependency_of_the_project() -> None:
+    """Adding a dependency to pyproject.toml without `bash .ci/lock` fails here."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        d for ds in project["optional-dependencies"].values() for d in ds
+    ]
+
+    def name(requirement: str) -> str:
+        return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement)[0]).lower()
+
+    lock = (ROOT / "constraints.txt").read_text().splitlines()
+    pinned = {name(ln) for ln in lock if ln and not ln.startswith((" ", "#"))}
+    assert all("==" in ln for ln in lock if ln and not ln.startswith((" ", "#")))
+    assert {name(r) for r in wanted} - pinned == set()
+    assert "bash .ci/lock" in lock[1]  # the refresh command, as uv records it
 
 
 @pytest.mark.slow
