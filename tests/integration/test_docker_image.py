@@ -167,3 +167,14 @@ def test_the_image_command_stops_cleanly_on_sigterm(tmp_path, extra) -> None:
     assert "gitlab-insights stopped" in messages, output
     assert messages[-1].startswith("Finished server process"), output
     assert "Traceback" not in output
+
+
+def test_the_readme_keeps_tokens_off_docker_command_lines() -> None:
+    readme = (ROOT / "README.md").read_text()
+    docker = readme[readme.index("## Docker") :].split("\n## ", 1)[0]
+    execs = [ln for ln in docker.splitlines() if ln.startswith("docker exec")]
+    assert any("users add" in ln for ln in execs)
+    for line in execs:
+        assert "--token" not in line, line
+        if "users add" in line:
+            assert "-e GITLAB_TOKEN " in line, line  # passed on from the environment
