@@ -17,7 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.openapi import install_security_schemes
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
-from app.runtime import open_runtime, start_warm_up
+from app.runtime import open_runtime, start_warm_up, stop_warm_up
 from app.settings import ConfigurationError, Settings, get_settings
 
 DESCRIPTION = """
@@ -81,7 +81,7 @@ def create_app(
             try:
                 yield
             finally:
-                warming.cancel()
+                await stop_warm_up(warming)
                 logger.info("gitlab-insights stopped")
 
     # /docs and /redoc from the Swagger UI and ReDoc files shipped in fastapi-offline: no CDN.

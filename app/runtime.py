@@ -99,6 +99,21 @@ def start_warm_up(runtime: Runtime) -> asyncio.Task[None]:
     return asyncio.create_task(warm_up(runtime), name="warm-up")
 
 
+async def stop_warm_up(task: asyncio.Task[None], *, grace: float = 2.0) -> None:
+    """End the warm-up before the runtime closes, so that its connections are back in the
+    pool when the engine is disposed of (else they stay open until garbage-collected).
+
+    It is given `grace` seconds to finish (connecting takes milliseconds) rather than
+    cancelled at once: asyncpg cancelled halfway through a connect logs "Future exception was
+    never retrieved". A database slow to answer gets it cancelled. asyncio.wait: a
+    cancellation of the caller still propagates.
+    """
+    await asyncio.wait({task}, timeout=grace)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+
+
 def create_loopback_client() -> httpx.AsyncClient:
     """A client for calls to this service itself on loopback (the built-in scheduler).
 

@@ -1,7 +1,11 @@
 """PostgreSQL pooled connections: one that died while idle in the pool (server restart,
-idle timeout, a killed backend) is replaced at checkout, never handed to a caller."""
+idle timeout, a killed backend) is replaced at checkout, never handed to a caller; none is
+left open when the service stops during its start-up warm-up."""
 
 from __future__ import annotations
+
+import asyncio
+import random
 
 import sqlalchemy as sa
 
@@ -33,3 +37,27 @@ async def test_a_connection_killed_while_pooled_is_replaced_at_checkout(pg_url) 
         assert metrics.DB_POOL_CHECKED_OUT._value.get() == in_use
     finally:
         await engine.dispose()
+
+
+async def test_a_shutdown_during_the_warm_up_leaves_no_connection_open(pg_url) -> None:
+    """The lifespan stops while its background warm-up is still opening pooled connections:
+    they must be closed, not left open to be found by the garbage collector."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    from app.main import create_app
+
+    name = urlsplit(pg_url).path.lstrip("/")
+    admin = await asyncpg.connect(pg_url.replace("+asyncpg", "").rsplit("/", 1)[0] + "/postgres")
+    try:
+        for _ in range(5):  # the warm-up is at a different point each time
+            app = create_app(load_settings(database_url=pg_url, poll_concurrency=5))
+            async with app.router.lifespan_context(app):
+                await asyncio.sleep(random.uniform(0, 0.02))
+            still_open = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            assert still_open == 0
+    finally:
+        await admin.close()
