@@ -99,6 +99,7 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
             proc.wait()
     while (line := lines.get(timeout=5)) is not None:
         seen.append(line)
+    proc.stdout.close()  # read to the end by _reader; unclosed, it is a ResourceWarning
     assert seen[-1] == "demo stopped", "\n".join(seen)
     output = "\n".join(seen)
     assert "Traceback" not in output

@@ -835,4 +835,4 @@ def test_python_m_entry_point_serves():
         assert r.json()["username"] == "user1"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.communicate(timeout=10)  # also closes the pipe (a ResourceWarning otherwise)
