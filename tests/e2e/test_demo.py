@@ -104,7 +104,11 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
     output = "\n".join(seen)
     assert "Traceback" not in output
     # Nothing is configured and nothing is missing: no warning about settings it does not use.
-    assert "INNGEST_EVENT_KEY" not in output and "WARNING" not in output, output
+    # One warning is the scheduler working as documented: a cron tick (every minute here)
+    # landing while the start-up poll still runs is skipped, when the demo starts in the
+    # second before a minute turns (CI met it once).
+    warnings = [ln for ln in seen if "WARNING" in ln and "is still in flight" not in ln]
+    assert "INNGEST_EVENT_KEY" not in output and not warnings, output
 
     db = tmp_path / "demo-data" / "gitlab-insights.db"
     with sqlite3.connect(db) as conn:
