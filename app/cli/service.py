@@ -11,12 +11,14 @@ from app.cli.output import database_error_message, fail
 from app.settings import Settings
 
 
-def upgrade_or_exit(settings: Settings) -> str:
-    """Upgrade the schema to head; returns what was done, one line."""
-    from app.db.migrate import MigrationError, upgrade_to_head
+def upgrade_or_exit(settings: Settings) -> tuple[str, str]:
+    """Upgrade the schema to head; returns what was done (one line) and which version of
+    the original app's schema the database has (db/profile.py: story, newest, partial)."""
+    from app.db.migrate import MigrationError, schema_profile, upgrade_to_head
 
     try:
-        return upgrade_to_head(settings.database_url)
+        done = upgrade_to_head(settings.database_url)
+        return done, schema_profile(settings.database_url).describe()
     except MigrationError as exc:
         if exc.connecting and exc.__cause__ is not None:
             fail(database_error_message(exc.__cause__, settings.database_url, fallback=str(exc)))
@@ -76,7 +78,8 @@ def serve(
     if migrate:
         from loguru import logger
 
-        logger.info("database: {}", upgrade_or_exit(settings))
+        done, schema = upgrade_or_exit(settings)
+        logger.bind(schema=schema).info("database: {} (schema: {})", done, schema)
     if scheduler:
         serve_with_scheduler(settings, host=host, port=port)
         return
@@ -95,4 +98,6 @@ def serve(
 
 def migrate() -> None:
     """Create or upgrade the database schema (adopts an existing gitlab-insights database)."""
-    typer.echo(upgrade_or_exit(settings_or_exit()))
+    done, schema = upgrade_or_exit(settings_or_exit())
+    typer.echo(done)
+    typer.echo(f"schema: {schema}")

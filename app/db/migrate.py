@@ -30,6 +30,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.db.profile import SchemaProfile
+from app.db.repository.schema import schema_columns
 from app.settings import normalize_database_url
 
 BASELINE_REVISION = "0001"
@@ -118,6 +120,16 @@ def upgrade_to_head(url: str) -> str:
     url = _normalize(url)
     with _quiet_alembic():
         return _run(lambda: _with_connection(url, _upgrade_sync))
+
+
+def schema_profile(url: str) -> SchemaProfile:
+    """Which version of the original app's schema the database has (db/profile.py)."""
+    url = _normalize(url)
+    return _run(lambda: _with_connection(url, _profile_sync))
+
+
+def _profile_sync(conn: Connection) -> SchemaProfile:
+    return SchemaProfile.from_columns(*schema_columns(conn))
 
 
 def current_revision(url: str) -> str | None:
