@@ -67,6 +67,7 @@ from app.gitlab.errors import (
 from app.gitlab.sansio import Query, as_utc, format_gitlab_time, project_ref
 from app.gitlab.schemas import (
     GitLabCurrentUser,
+    GitLabDiscussion,
     GitLabIssue,
     GitLabMergeRequest,
     GitLabNote,
@@ -92,6 +93,7 @@ Clock = Callable[[], float]
 _ISSUES = TypeAdapter(list[GitLabIssue])
 _MERGE_REQUESTS = TypeAdapter(list[GitLabMergeRequest])
 _NOTES = TypeAdapter(list[GitLabNote])
+_DISCUSSIONS = TypeAdapter(list[GitLabDiscussion])
 _PROJECT = TypeAdapter(GitLabProject)
 _ISSUE = TypeAdapter(GitLabIssue)
 _MERGE_REQUEST = TypeAdapter(GitLabMergeRequest)
@@ -328,6 +330,33 @@ class GitLabClient:
                     yield fresh
                 if reached_older:
                     return
+
+    async def discussions(
+        self,
+        project_id: int | str,
+        noteable_type: Literal["Issue", "MergeRequest"],
+        iid: int,
+    ) -> AsyncIterator[list[GitLabDiscussion]]:
+        """Every thread of one issue/MR with its notes (system notes included), in GitLab's
+        order; the only listing that gives a note's discussion id.
+
+        GitLab has no time filter here, so the threads are read whole (every page, read
+        ahead). A thread seen on two pages (offset pages shift when one is deleted
+        meanwhile) comes once; a thread such a shift skips is what removals confirm against
+        GitLab before removing anything (removals.py).
+        """
+        kind = _noteable_segment(noteable_type)
+        path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}/discussions"
+        template = f"/projects/:id/{kind}/:iid/discussions"
+        params: Query = [("per_page", str(self._settings.gitlab_per_page))]
+        seen: set[str] = set()
+        pages = self._pages(path, template, params, _DISCUSSIONS, read_ahead=True)
+        async with aclosing(pages) as it:
+            async for page in it:
+                fresh = [d for d in page if d.id not in seen]
+                seen.update(d.id for d in fresh)
+                if fresh:
+                    yield fresh
 
     # --- listings ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -120,8 +120,10 @@ class _Run:
         self.detector = _GitLabDownDetector(deps.settings.gitlab_down_threshold)
 
     async def start(self, user_ids: Sequence[str] | None) -> list[str]:
-        """Record the run and choose its users; named users that cannot run are skipped."""
+        """Record the run, read the schema profile (the app may have been upgraded since
+        the last run) and choose its users; named users that cannot run are skipped."""
         async with self.deps.sessionmaker() as s, s.begin():
+            self.deps = replace(self.deps, profile=await repo.read_schema_profile(s))
             await repo.create_poll_run(
                 s,
                 self.run_id,

@@ -10,4 +10,7 @@ from app.db.repository.accounts import *  # noqa: F403
 from app.db.repository.cursors import *  # noqa: F403
 from app.db.repository.events import *  # noqa: F403
 from app.db.repository.leases import *  # noqa: F403
+from app.db.repository.people import *  # noqa: F403
 from app.db.repository.runs import *  # noqa: F403
+from app.db.repository.schema import *  # noqa: F403
+from app.db.repository.work_items import *  # noqa: F403
