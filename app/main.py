@@ -17,7 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.openapi import install_security_schemes
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
-from app.runtime import open_runtime, start_warm_up
+from app.runtime import open_runtime, start_following_app_refreshes, start_warm_up
 from app.settings import ConfigurationError, Settings, get_settings
 
 DESCRIPTION = """
@@ -78,10 +78,13 @@ def create_app(
                 "gitlab-insights started (database: {})", runtime.engine.url.get_backend_name()
             )
             warming = start_warm_up(runtime)  # in the background: start-up does not wait
+            following = start_following_app_refreshes(runtime)
             try:
                 yield
             finally:
                 warming.cancel()
+                if following is not None:
+                    following.cancel()
                 logger.info("gitlab-insights stopped")
 
     # /docs and /redoc from the Swagger UI and ReDoc files shipped in fastapi-offline: no CDN.

@@ -23,6 +23,7 @@ from app.auth.oidc import OIDCVerifier
 from app.db.engine import create_engine, create_sessionmaker
 from app.gitlab.transport import AiohttpWire, GitLabWire, create_http_client
 from app.settings import Settings
+from app.sync.app_refresh import follow
 from app.sync.deps import SyncDeps
 
 
@@ -97,6 +98,15 @@ async def warm_up(runtime: Runtime) -> None:
 
 def start_warm_up(runtime: Runtime) -> asyncio.Task[None]:
     return asyncio.create_task(warm_up(runtime), name="warm-up")
+
+
+def start_following_app_refreshes(runtime: Runtime) -> asyncio.Task[None] | None:
+    """The background task that follows the original app's Refresh button (sync/app_refresh),
+    unless APP_REFRESH_FOLLOW_SECONDS is 0."""
+    interval = runtime.settings.app_refresh_follow_seconds
+    if interval <= 0:
+        return None
+    return asyncio.create_task(follow(runtime.sync, interval), name="app-refresh")
 
 
 def create_loopback_client() -> httpx.AsyncClient:

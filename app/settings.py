@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # A reconciliation removing more than this (or more than half of a project's events)
     # waits for the next reconciliation to find exactly the same.
     reconcile_max_removals: int = Field(1000, ge=1)
+    # How often `serve` looks for the original app's Refresh button (a LastSync it moved)
+    # and syncs that user at once, on the app's newest schema (0: never).
+    app_refresh_follow_seconds: float = Field(15.0, ge=0)
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"

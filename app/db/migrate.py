@@ -36,7 +36,7 @@ from app.settings import normalize_database_url
 
 BASELINE_REVISION = "0001"
 ORIGINAL_TABLES = ("user", "account", "MonitoredProject", "Event", "LastSync")
-OWN_TABLES = ("sync_cursor", "sync_lease", "poll_run")
+OWN_TABLES = ("sync_cursor", "sync_lease", "poll_run", "sync_user")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary fixed key: replicas starting together must not create/adopt concurrently.
 _PG_LOCK_KEY = 0x67697E6D6967  # "gi~mig"

@@ -148,7 +148,7 @@ async def _sync(deps: SyncDeps, lease: UserLease, result: UserResult, *, manual:
             # One transaction: the idle projects' cursors, LastSync and the lease's release.
             async with lease.session() as s, s.begin():
                 await repo.advance_cursors(s, lease.user_id, synced.pending_cursors)
-                await repo.upsert_last_sync(s, lease.user_id, started)
+                await repo.upsert_last_sync(s, lease.user_id, started, mark=deps.profile.work_items)
                 await lease.release(s)
             result.status = "processed"
             return

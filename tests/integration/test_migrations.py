@@ -29,7 +29,7 @@ from app.db.models import Base, User
 from tests.conftest import drop_pg_database, new_pg_database
 
 ORIGINAL = ("user", "account", "MonitoredProject", "Event", "LastSync")
-OURS = ("sync_cursor", "sync_lease", "poll_run")
+OURS = ("sync_cursor", "sync_lease", "poll_run", "sync_user")
 
 
 # --- helpers -----------------------------------------------------------------------------

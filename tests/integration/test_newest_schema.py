@@ -26,6 +26,7 @@ import pytest
 from app.db.migrate import upgrade_to_head
 from app.main import create_app
 from app.settings import Settings
+from app.sync.app_refresh import follow_once
 from gitlab_sim.expected import expected_events, expected_people, expected_work_items
 from gitlab_sim.server import SimulatorServer
 from gitlab_sim.world import World, iso_ms
@@ -162,13 +163,18 @@ def users(newest_db_url: str, sim: SimulatorServer) -> dict[str, str]:
 
 
 def settings_for(db_url: str, sim: SimulatorServer, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {"reconcile_interval_hours": 0, "gitlab_max_attempts": 2}
+    base: dict[str, Any] = {
+        "reconcile_interval_hours": 0,
+        "gitlab_max_attempts": 2,
+        "app_refresh_follow_seconds": 0,  # followed explicitly (follow_once) where tested
+    }
     return make_settings(db_url, sim.url, **{**base, **overrides})
 
 
 class Service:
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, app: Any) -> None:
         self.client = client
+        self.app = app
         self.headers = {"Authorization": f"Bearer {SIGNING_KEY}"}
 
     async def poll(self) -> dict[str, Any]:
@@ -185,7 +191,7 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield Service(c)
+            yield Service(c, app)
 
 
 # --- what is stored, against the oracle ------------------------------------------------------
@@ -480,3 +486,64 @@ async def test_the_apps_refresh_statement_on_an_adopted_database(newest_db_url, 
         url, 'SELECT "lastSyncAt" FROM "LastSync" WHERE "userId" = $1', users["alice"]
     )
     assert abs(last["lastSyncAt"] - now) <= timedelta(milliseconds=1)  # TIMESTAMP(3) rounds
+
+
+async def app_refresh(url: str, user_id: str) -> datetime:
+    """What the app's Refresh leaves behind on such a database: its LastSync write."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        await conn.execute(APP_LAST_SYNC_UPSERT, "cl-ls", user_id, now, now, now, now, now, user_id)
+    finally:
+        await conn.close()
+    return now
+
+
+async def test_the_apps_refresh_is_followed_by_a_sync_of_that_user(newest_db_url, sim, users):
+    url, alice, bob = newest_db_url, users["alice"], users["bob"]
+    async with service(settings_for(url, sim)) as svc:
+        deps = svc.app.state.sync_deps
+        await svc.poll()
+        assert await follow_once(deps) is None  # LastSync is what this service wrote
+        new = sim.world.add_note(SHARED, "issue", 1, "Pressed Refresh for this", author="bob")
+        await app_refresh(url, alice)
+        # Two processes look at once: one of them syncs alice, once.
+        outcomes = await asyncio.gather(follow_once(deps), follow_once(deps))
+        (followed,) = [o for o in outcomes if o is not None]
+        assert followed.summary.trigger == "app_refresh"
+        assert [(u.user_id, u.status) for u in followed.summary.users] == [(alice, "processed")]
+        rows = await user_rows(url, alice)
+        assert f"note-{new.id}" in rows
+        assert f"note-{new.id}" not in await user_rows(url, bob)  # bob pressed nothing
+        assert await follow_once(deps) is None  # followed once; LastSync is ours again
+        await asyncio.to_thread(assert_work_items, url, alice, sim, "alice")
+
+
+async def test_serve_follows_the_apps_refresh_by_itself(newest_db_url, sim, users):
+    url, alice = newest_db_url, users["alice"]
+    settings = settings_for(url, sim, app_refresh_follow_seconds=0.05)
+    async with service(settings) as svc:
+        await svc.poll()
+        new = sim.world.add_note(SHARED, "issue", 1, "Refresh, please", author="bob")
+        pressed = await app_refresh(url, alice)
+        for _ in range(600):  # the background task's next looks (at most 30 s)
+            if f"note-{new.id}" in await user_rows(url, alice):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the app's Refresh was not followed")
+    (last,) = await pg(url, 'SELECT "lastSyncAt" FROM "LastSync" WHERE "userId" = $1', alice)
+    assert last["lastSyncAt"] > pressed  # this service's sync moved it again
+
+
+async def test_no_following_on_the_story_schema(db_url, sim) -> None:
+    """The story app's refresh stores its own rows; LastSync is never followed there."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the app's statements are PostgreSQL's")
+    alice = await asyncio.to_thread(
+        add_user, db_url, "alice@example.com", sim.token("alice"), [project_tuple(sim, SHARED)]
+    )
+    async with service(settings_for(db_url, sim)) as svc:
+        await svc.poll()
+        await app_refresh(db_url, alice)
+        assert await follow_once(svc.app.state.sync_deps) is None

@@ -278,7 +278,12 @@ def test_sync_status_and_metrics(db_url):
         poll, status, one, unauth, signed_get, metrics, ready = asyncio.run(go())
     assert poll.status_code == 200
     assert unauth.status_code == 401 and signed_get.status_code == 200
-    assert ready.json() == {"status": "ok", "database": "ok"}
+    assert ready.json() == {
+        "status": "ok",
+        "database": "ok",
+        "schema": "story",
+        "schema_detail": "story",
+    }
     body = status.json()
     assert body == one.json()
     (user,) = body["users"]

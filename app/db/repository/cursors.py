@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import (
     LastSync,
     SyncCursor,
+    SyncUser,
+    User,
     new_id,
     utcnow,
 )
@@ -215,7 +217,11 @@ def _build_upsert_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
     )
 
 
-async def upsert_last_sync(session: AsyncSession, user_id: str, last_sync_at: datetime) -> None:
+async def upsert_last_sync(
+    session: AsyncSession, user_id: str, last_sync_at: datetime, *, mark: bool = False
+) -> None:
+    """Move the user's LastSync. `mark`: also record the value in sync_user, so a LastSync
+    holding anything else is known to come from someone else (`claim_app_refreshes`)."""
     now = utcnow()
     await session.execute(
         _cached(session, "upsert_last_sync", _table(LastSync), _build_upsert_last_sync),
@@ -227,9 +233,58 @@ async def upsert_last_sync(session: AsyncSession, user_id: str, last_sync_at: da
             "updatedAt": now,
         },
     )
+    if mark:
+        await session.execute(
+            _cached(session, "mark_last_sync", _table(SyncUser), _build_mark_last_sync),
+            {"user_id": user_id, "last_sync_at": last_sync_at},
+        )
+
+
+def _build_mark_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
+    return ins.on_conflict_do_update(
+        index_elements=[table.c.user_id], set_={"last_sync_at": ins.excluded.last_sync_at}
+    )
+
+
+def _build_claim_app_refresh(ins: Upsert, table: sa.Table) -> sa.Insert:
+    seen = ins.excluded.app_refresh_seen_at
+    return ins.on_conflict_do_update(
+        index_elements=[table.c.user_id],
+        set_={"app_refresh_seen_at": seen},
+        where=table.c.app_refresh_seen_at.is_distinct_from(seen),
+    ).returning(table.c.user_id)
+
+
+async def claim_app_refreshes(session: AsyncSession, since: datetime) -> list[str]:
+    """Users whose LastSync was moved at or after `since` by someone else than this service
+    (a value it did not write): each claimed once, by one process, and returned.
+
+    The claim records the LastSync value in sync_user.app_refresh_seen_at in a conditional
+    upsert: of two processes claiming the same value, only one changes the row.
+    """
+    su = _table(SyncUser)
+    stmt = (
+        sa.select(LastSync.userId, LastSync.lastSyncAt)
+        .join(User, User.id == LastSync.userId)
+        .outerjoin(su, su.c.user_id == LastSync.userId)
+        .where(
+            LastSync.updatedAt >= since,
+            LastSync.lastSyncAt.is_distinct_from(su.c.last_sync_at),
+            LastSync.lastSyncAt.is_distinct_from(su.c.app_refresh_seen_at),
+        )
+        .order_by(LastSync.userId)
+    )
+    claimed = []
+    claim = _cached(session, "claim_app_refresh", su, _build_claim_app_refresh)
+    for user_id, at in (await session.execute(stmt)).all():
+        row = await session.execute(claim, {"user_id": user_id, "app_refresh_seen_at": at})
+        if row.scalar_one_or_none() is not None:
+            claimed.append(user_id)
+    return claimed
 
 
 __all__ = [
+    "claim_app_refreshes",
     "advance_cursor",
     "advance_cursors",
     "get_cursors",
