@@ -33,8 +33,11 @@ def _deleted(world: World, project_ref: int | str) -> bool:
     return ref in world.deleted_projects.values() and ref not in world.project_paths
 
 
-def expected_events(world: World, username: str, project_ref: int | str) -> list[dict[str, Any]]:
+def expected_events(
+    world: World, username: str, project_ref: int | str, *, newest: bool = False
+) -> list[dict[str, Any]]:
     """Every issue, MR and non-system note `username` can see in the project, as events.
+    `newest`: as on the newest app's schema, with system notes and its comment titles.
 
     Visibility and deletions are the world's current state: a project the user cannot see
     (not a member of a private one) or a deleted one yields []; confidential issues only for
@@ -70,14 +73,14 @@ def expected_events(world: World, username: str, project_ref: int | str) -> list
                     }
                 )
                 for n in it.notes:
-                    if n.system or not world.can_see_note(project, n, user):
+                    if (n.system and not newest) or not world.can_see_note(project, n, user):
                         continue
                     na = world.users[n.author_id]
                     out.append(
                         {
                             "gitlabEventId": f"note-{n.id}",
                             "type": "comment",
-                            "title": comment_title(n.body),
+                            "title": work_item_title(n.body) if newest else comment_title(n.body),
                             "body": n.body,
                             "author": na.username,
                             "authorAvatar": na.avatar_url,

@@ -15,9 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -27,14 +25,25 @@ from app.db.migrate import upgrade_to_head
 from app.main import create_app
 from app.settings import Settings
 from app.sync.app_refresh import follow_once
-from gitlab_sim.expected import expected_events, expected_people, expected_work_items
+from gitlab_sim.expected import expected_work_items
 from gitlab_sim.server import SimulatorServer
-from gitlab_sim.world import World, iso_ms
+from gitlab_sim.world import World
 from tests.conftest import drop_pg_database, new_pg_database
-from tests.support import SIGNING_KEY, add_user, make_settings, project_tuple
+from tests.support import (
+    NEWEST_SCHEMA,
+    SIGNING_KEY,
+    add_user,
+    assert_work_items,
+    asyncpg_dsn,
+    make_settings,
+    pg_fetch,
+    pg_script,
+    pg_user_rows,
+    project_tuple,
+)
 
 SHARED, PUBLIC = 1, 2
-NEWEST_SCHEMA = (Path(__file__).parent.parent / "fixtures" / "newest_schema.sql").read_text()
+BOTH = [SHARED, PUBLIC]
 # Every run reconciles every synced project (the grid step is a third of a millisecond).
 EVERY_RUN = 1e-7
 
@@ -88,27 +97,6 @@ def build_world() -> World:
 
 
 # --- the database: the newest app's schema, with the app's own rows --------------------------
-
-
-def _dsn(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="postgresql"))
-
-
-async def pg(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
-async def pg_script(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 # Rows the original app wrote: a user of its own (never polled), a commit, a saved query,
@@ -194,73 +182,14 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
             yield Service(c, app)
 
 
-# --- what is stored, against the oracle ------------------------------------------------------
-
-ARRAYS = ("labels", "assignees", "participants", "mentionedInIds", "closesIssueIds")
-STORY = ("type", "body", "author", "authorAvatar", "gitlabUrl")
-
-
-async def user_rows(url: str, user_id: str) -> dict[str, dict[str, Any]]:
-    rows = await pg(url, 'SELECT * FROM "Event" WHERE "userId" = $1', user_id)
-    out = {r["gitlabEventId"]: dict(r) for r in rows}
-    assert len(out) == len(rows), "duplicate event"
-    return out
-
-
-def assert_work_items(
-    url: str, user_id: str, sim: SimulatorServer, username: str, *, kept: set[str] = frozenset()
-) -> None:
-    """Every row of the user equals what GitLab's data implies, column by column; the user's
-    "Person" rows are every visible author, and `kept`: people seen before (never deleted)."""
-    got = asyncio.run(user_rows(url, user_id))
-    want: dict[str, dict[str, Any]] = {}
-    story: dict[str, dict[str, Any]] = {}
-    for pid in (SHARED, PUBLIC):
-        want.update(expected_work_items(sim.world, username, pid))
-        story.update({e["gitlabEventId"]: e for e in expected_events(sim.world, username, pid)})
-        # The story oracle leaves system notes out; the newest app stores them.
-    assert sorted(got) == sorted(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
-    for key, expected in want.items():
-        row = got[key]
-        for array in ARRAYS:
-            assert row[array] is not None, (key, array)  # '{}', never NULL
-        if key in story:
-            assert {f: row[f] for f in STORY} == {f: story[key][f] for f in STORY}, key
-            assert iso_ms(int(row["createdAt"].timestamp() * 1000)) == story[key]["createdAt"]
-        if expected["type"] == "comment":
-            parent = got[expected["parent"]]
-            assert row["parentEventId"] == parent["id"], key  # the same user's item row
-            checked = ("parentType", "gitlabParentId", "discussionId", "isSystemNote")
-            checked += ("mentionedInIds", "title", "projectId")
-            assert {f: row[f] for f in checked} == {f: expected[f] for f in checked}, key
-            assert row["iid"] is None and row["status"] is None and row["lastActivityAt"] is None
-        else:
-            checked = ("iid", "status", "assignees", "participants", "commentCount")
-            checked += ("unresolvedCommentCount", "mentionedInIds", "closesIssueIds", "projectId")
-            assert {f: row[f] for f in checked} == {f: expected[f] for f in checked}, key
-            assert (
-                iso_ms(int(row["lastActivityAt"].timestamp() * 1000))
-                == (expected["lastActivityAt"])
-            )
-            assert row["parentEventId"] is None and row["isSystemNote"] is False, key
-    sql = 'SELECT "gitlabId", username, name, "avatarUrl" FROM "Person" WHERE "userId" = $1'
-    people = {
-        p["gitlabId"]: {"username": p["username"], "name": p["name"], "avatarUrl": p["avatarUrl"]}
-        for p in asyncio.run(pg(url, sql, user_id))
-    }
-    want_people = expected_people(sim.world, username, [SHARED, PUBLIC])
-    assert {k: people[k] for k in want_people if k in people} == want_people
-    assert {people[k]["username"] for k in set(people) - set(want_people)} == kept
-
-
 async def app_snapshot(url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for table in APP_TABLES:
-        out[table] = [dict(r) for r in await pg(url, f'SELECT * FROM "{table}" ORDER BY id')]
+        out[table] = [dict(r) for r in await pg_fetch(url, f'SELECT * FROM "{table}" ORDER BY id')]
     for table in ("Event", "ReadEvent", "Person"):
         out[table] = [
             dict(r)
-            for r in await pg(
+            for r in await pg_fetch(
                 url, f'SELECT * FROM "{table}" WHERE "userId" = $1 ORDER BY id', "app-dave"
             )
         ]
@@ -278,7 +207,7 @@ async def test_newest_schema_first_poll_and_changes(newest_db_url, sim, users) -
         assert ready.json()["schema"] == "newest"
         await svc.poll()
         for name in ("alice", "bob"):
-            await asyncio.to_thread(assert_work_items, url, users[name], sim, name)
+            await asyncio.to_thread(assert_work_items, url, users[name], sim, name, BOTH)
         assert await app_snapshot(url) == before
 
         # Changes: an issue closed, an MR merged, a reply in an existing thread, a new
@@ -294,13 +223,13 @@ async def test_newest_schema_first_poll_and_changes(newest_db_url, sim, users) -
         w.update_issue(PUBLIC, 1, labels=["docs"])
         await svc.poll()
         for name in ("alice", "bob"):
-            await asyncio.to_thread(assert_work_items, url, users[name], sim, name)
+            await asyncio.to_thread(assert_work_items, url, users[name], sim, name, BOTH)
         assert await app_snapshot(url) == before
 
 
 async def orphans(url: str) -> list[str]:
     """Comments whose item row is gone (the app's foreign key only unlinks them)."""
-    rows = await pg(
+    rows = await pg_fetch(
         url,
         """SELECT "gitlabEventId" FROM "Event"
            WHERE type = 'comment' AND "userId" <> 'app-dave' AND "parentEventId" IS NULL""",
@@ -333,7 +262,9 @@ async def test_deleted_comments_and_items_take_their_links_with_them(
         await svc.poll()
         for name in ("alice", "bob"):
             # carol's only comment went with the issue: she stays a person, as in the app.
-            await asyncio.to_thread(assert_work_items, url, users[name], sim, name, kept={"carol"})
+            await asyncio.to_thread(
+                assert_work_items, url, users[name], sim, name, BOTH, kept={"carol"}
+            )
         assert await orphans(url) == []
 
 
@@ -354,7 +285,7 @@ async def test_a_partial_schema_gets_the_columns_it_has(sim) -> None:
             assert ready["schema_detail"] == 'partial (lacks "Event".iid, "Event".discussionId)'
             await svc.poll()
         want = expected_work_items(sim.world, "alice", SHARED)
-        got = await user_rows(url, alice)
+        got = await pg_user_rows(url, alice)
         assert sorted(got) == sorted(want)
         assert "iid" not in next(iter(got.values()))
         for key, row in got.items():
@@ -405,15 +336,15 @@ async def test_an_upgraded_app_gets_its_new_columns_filled_by_reconciliation(sim
         async with service(settings) as svc:
             assert (await svc.client.get("/readyz")).json()["schema"] == "story"
             await svc.poll()
-            story = await user_rows(url, ids["alice"])
+            story = await pg_user_rows(url, ids["alice"])
             assert {r["projectId"] for r in story.values()} == {"team/shared", "team/public"}
             await pg_script(url, UPGRADE_APP)  # the app is upgraded under the running service
             assert (await svc.client.get("/readyz")).json()["schema"] == "newest"
             await svc.poll()
             for name in ("alice", "bob"):
-                await asyncio.to_thread(assert_work_items, url, ids[name], sim, name)
+                await asyncio.to_thread(assert_work_items, url, ids[name], sim, name, BOTH)
             # Rewritten in place: the story rows kept their ids.
-            upgraded = await user_rows(url, ids["alice"])
+            upgraded = await pg_user_rows(url, ids["alice"])
             assert all(upgraded[k]["id"] == story[k]["id"] for k in story)
     finally:
         await asyncio.to_thread(drop_pg_database, url)
@@ -464,10 +395,10 @@ async def test_the_apps_refresh_statement_on_an_adopted_database(newest_db_url, 
     url = newest_db_url
     async with service(settings_for(url, sim)) as svc:
         await svc.poll()
-    before = await user_rows(url, users["alice"])
+    before = await pg_user_rows(url, users["alice"])
     key = next(k for k, r in before.items() if r["type"] == "issue" and r["iid"] == 1)
     now = datetime.now(UTC).replace(tzinfo=None)
-    conn = await asyncpg.connect(_dsn(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         with pytest.raises(asyncpg.PostgresError) as refused:
             async with conn.transaction():
@@ -481,8 +412,8 @@ async def test_the_apps_refresh_statement_on_an_adopted_database(newest_db_url, 
         )
     finally:
         await conn.close()
-    assert await user_rows(url, users["alice"]) == before
-    (last,) = await pg(
+    assert await pg_user_rows(url, users["alice"]) == before
+    (last,) = await pg_fetch(
         url, 'SELECT "lastSyncAt" FROM "LastSync" WHERE "userId" = $1', users["alice"]
     )
     assert abs(last["lastSyncAt"] - now) <= timedelta(milliseconds=1)  # TIMESTAMP(3) rounds
@@ -491,7 +422,7 @@ async def test_the_apps_refresh_statement_on_an_adopted_database(newest_db_url, 
 async def app_refresh(url: str, user_id: str) -> datetime:
     """What the app's Refresh leaves behind on such a database: its LastSync write."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    conn = await asyncpg.connect(_dsn(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await conn.execute(APP_LAST_SYNC_UPSERT, "cl-ls", user_id, now, now, now, now, now, user_id)
     finally:
@@ -512,11 +443,11 @@ async def test_the_apps_refresh_is_followed_by_a_sync_of_that_user(newest_db_url
         (followed,) = [o for o in outcomes if o is not None]
         assert followed.summary.trigger == "app_refresh"
         assert [(u.user_id, u.status) for u in followed.summary.users] == [(alice, "processed")]
-        rows = await user_rows(url, alice)
+        rows = await pg_user_rows(url, alice)
         assert f"note-{new.id}" in rows
-        assert f"note-{new.id}" not in await user_rows(url, bob)  # bob pressed nothing
+        assert f"note-{new.id}" not in await pg_user_rows(url, bob)  # bob pressed nothing
         assert await follow_once(deps) is None  # followed once; LastSync is ours again
-        await asyncio.to_thread(assert_work_items, url, alice, sim, "alice")
+        await asyncio.to_thread(assert_work_items, url, alice, sim, "alice", BOTH)
 
 
 async def test_serve_follows_the_apps_refresh_by_itself(newest_db_url, sim, users):
@@ -527,12 +458,12 @@ async def test_serve_follows_the_apps_refresh_by_itself(newest_db_url, sim, user
         new = sim.world.add_note(SHARED, "issue", 1, "Refresh, please", author="bob")
         pressed = await app_refresh(url, alice)
         for _ in range(600):  # the background task's next looks (at most 30 s)
-            if f"note-{new.id}" in await user_rows(url, alice):
+            if f"note-{new.id}" in await pg_user_rows(url, alice):
                 break
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the app's Refresh was not followed")
-    (last,) = await pg(url, 'SELECT "lastSyncAt" FROM "LastSync" WHERE "userId" = $1', alice)
+    (last,) = await pg_fetch(url, 'SELECT "lastSyncAt" FROM "LastSync" WHERE "userId" = $1', alice)
     assert last["lastSyncAt"] > pressed  # this service's sync moved it again
 
 
