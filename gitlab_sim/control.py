@@ -297,9 +297,12 @@ async def revoke_token(body: TokenRef, request: Request) -> dict[str, str]:
 # --- oracle, log, faults, config --------------------------------------------------------
 @router.get("/expected")
 async def expected(
-    request: Request, username: str = Query(...), project_id: str = Query(...)
+    request: Request,
+    username: str = Query(...),
+    project_id: str = Query(...),
+    newest: bool = Query(False, description="as on the newest app's schema (system notes)"),
 ) -> list[dict[str, Any]]:
-    return expected_events(_world(request), username, project_id)
+    return expected_events(_world(request), username, project_id, newest=newest)
 
 
 @router.get("/requests")
