@@ -78,7 +78,7 @@ class OIDCError(Exception):
 
     def __init__(self, check: str, **log_fields: str) -> None:
         self.check = check
-        self.message = _MESSAGES.get(check, "token not accepted")
+        self.message = _MESSAGES[check]  # every check has its message; a typo fails loudly
         self.log_fields = {k: v[:200] for k, v in log_fields.items()}
         super().__init__(self.message)
 
