@@ -129,8 +129,9 @@ class OIDCPolicy:
 
 @dataclass(frozen=True, slots=True)
 class TokenHeader:
+    """What the key lookup needs from a header that passed the checks (``alg`` is RS256)."""
+
     kid: str
-    alg: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ def parse_header(token: str) -> TokenHeader:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LEN:
         raise TokenRejected("missing_kid")
-    return TokenHeader(kid=kid, alg=ALGORITHM)
+    return TokenHeader(kid=kid)
 
 
 def verify_id_token(
