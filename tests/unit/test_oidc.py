@@ -8,6 +8,8 @@ import pytest
 from app.security import oidc
 from app.security.oidc import (
     CLOCK_SKEW_SECONDS,
+    MAX_ID_TOKEN_LEN,
+    MAX_KID_LEN,
     KeysUnavailable,
     OIDCError,
     OIDCPolicy,
@@ -29,6 +31,7 @@ from tests.oidc_support import (
     forge_hs256,
     forge_none,
     sign,
+    sign_header,
     tamper,
 )
 
@@ -218,3 +221,47 @@ def test_refused_claims_are_kept_for_the_log_not_the_message(key, keys):
     with pytest.raises(TokenRejected) as info:
         verify(tamper(sign(key, claims()), aud="https://typo.example"), keys)
     assert info.value.log_fields == {}
+
+
+# --- the header: crit, kid and size bounds -----------------------------------------------
+
+
+def test_a_critical_extension_is_refused_even_one_pyjwt_understands(key, keys):
+    # PyJWT itself refuses crit names it does not know, but accepts "b64" (RFC 7797): this
+    # verifier understands no extension, so a validly signed token that makes one critical
+    # is refused (RFC 7515, 4.1.11) whatever PyJWT would do with it.
+    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid, "b64": True}
+    verify(sign_header(key, header, claims()), keys)
+    assert rejected(sign_header(key, {**header, "crit": ["b64"]}, claims()), keys) == (
+        "malformed_token"
+    )
+
+
+def test_the_kid_is_a_non_empty_string_of_at_most_256_characters(key):
+    # A refused kid is missing_kid, decided before any key lookup: never unknown_key, which
+    # would make the caller refetch the issuer's keys for a junk header.
+    longest = RsaKey("k" * MAX_KID_LEN, key.private)
+    keys = parse_jwks({"keys": [longest.jwk()]})
+    assert verify(sign(longest, claims()), keys).email == SERVICE_ACCOUNT
+    too_long = RsaKey("k" * (MAX_KID_LEN + 1), key.private)
+    assert rejected(sign(too_long, claims()), keys) == "missing_kid"
+    assert rejected(sign(key, claims(), kid=""), keys) == "missing_kid"
+
+
+def _token_of_length(key: RsaKey, length: int) -> str:
+    """A valid token of exactly `length` characters (a padding claim, and a header field to
+    reach the lengths base64 of the payload alone skips)."""
+    for extra in range(4):
+        for pad in range(length):
+            token = sign(key, claims(pad="p" * pad), x="x" * extra)
+            if len(token) >= length:
+                break
+        if len(token) == length:
+            return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_the_token_size_bound_is_exact(key, keys):
+    assert verify(_token_of_length(key, MAX_ID_TOKEN_LEN), keys).email == SERVICE_ACCOUNT
+    # Validly signed, one character longer: refused before the signature is looked at.
+    assert rejected(_token_of_length(key, MAX_ID_TOKEN_LEN + 1), keys) == "malformed_token"
