@@ -265,3 +265,78 @@ def test_the_token_size_bound_is_exact(key, keys):
     assert verify(_token_of_length(key, MAX_ID_TOKEN_LEN), keys).email == SERVICE_ACCOUNT
     # Validly signed, one character longer: refused before the signature is looked at.
     assert rejected(_token_of_length(key, MAX_ID_TOKEN_LEN + 1), keys) == "malformed_token"
+
+
+# --- the claims ----------------------------------------------------------------------------
+
+
+def test_the_configured_issuers_replace_googles(key, keys):
+    policy = OIDCPolicy.build(
+        audiences=[AUDIENCE], service_accounts=[SERVICE_ACCOUNT], issuers=["https://idp.example"]
+    )
+    verify(sign(key, claims(iss="https://idp.example")), keys, policy=policy)
+    assert rejected(sign(key, claims()), keys, policy=policy) == "bad_issuer"
+
+
+def test_the_configured_clock_skew_is_used(key, keys):
+    strict = OIDCPolicy.build(
+        audiences=[AUDIENCE], service_accounts=[SERVICE_ACCOUNT], clock_skew=0
+    )
+    token = sign(key, claims())  # exp NOW + 3600
+    verify(token, keys, now=NOW + 3599, policy=strict)
+    assert rejected(token, keys, now=NOW + 3600, policy=strict) == "expired"
+    assert rejected(token, keys, now=NOW - 1, policy=strict) == "issued_in_future"
+
+
+def test_times_are_checked_against_the_injected_clock_only(key, keys):
+    # A token that expired in 2020 is valid at a 2020 clock: PyJWT's own exp check, which
+    # reads the host's clock, is off; the injected one decides (and says "expired" later).
+    then = 1_600_000_000
+    token = sign(key, claims(now=then))
+    assert verify(token, keys, now=then).email == SERVICE_ACCOUNT
+    assert rejected(token, keys, now=then + 7200) == "expired"
+
+
+def test_claims_the_verifier_does_not_decide_on_never_refuse_a_token(key, keys):
+    # Only iss, aud, email, email_verified and the times decide. A sub that is not a string
+    # is not recorded; a jti of any type is ignored (PyJWT's own checks of both are off).
+    verified = verify(sign(key, claims(sub=112233, jti=42)), keys)
+    assert verified.email == SERVICE_ACCOUNT and verified.subject is None
+
+
+@pytest.mark.parametrize("email", ["", 12345, ["poller@insights-prod.iam.gserviceaccount.com"]])
+def test_an_email_that_is_not_a_non_empty_string_is_a_missing_claim(key, keys, email):
+    assert rejected(sign(key, claims(email=email)), keys) == "missing_claim"
+
+
+# --- what a refusal says ---------------------------------------------------------------------
+
+
+def test_a_refusal_says_its_reason(key, other_key, keys):
+    # str(error) is the 401's detail.
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims()), keys, now=NOW + 7200)
+    assert (info.value.check, str(info.value)) == ("expired", "token has expired")
+    with pytest.raises(UnknownKeyId) as unknown:
+        verify(sign(other_key, claims()), keys)
+    assert unknown.value.check == "unknown_key"
+    assert str(unknown.value) == "token is signed with a key the issuer does not publish"
+
+
+def test_refused_issuer_and_audience_type_are_logged(key, keys):
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(iss="https://evil.example")), keys)
+    assert info.value.log_fields == {"issuer": "https://evil.example"}
+    assert "evil" not in str(info.value)
+    # A list of audiences is refused and logged by its type, not its contents.
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(aud=[AUDIENCE])), keys)
+    assert info.value.log_fields == {"audience": "list"}
+
+
+def test_a_logged_claim_is_cut_to_200_characters(key, keys):
+    long_email = "a" * 300 + "@evil.example"
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(email=long_email)), keys)
+    assert info.value.check == "email_not_allowed"
+    assert info.value.log_fields == {"email": "a" * 200}
