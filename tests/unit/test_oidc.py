@@ -340,3 +340,46 @@ def test_a_logged_claim_is_cut_to_200_characters(key, keys):
         verify(sign(key, claims(email=long_email)), keys)
     assert info.value.check == "email_not_allowed"
     assert info.value.log_fields == {"email": "a" * 200}
+
+
+# --- the key set -----------------------------------------------------------------------------
+
+
+def _without(jwk: dict, name: str) -> dict:
+    return {k: v for k, v in jwk.items() if k != name}
+
+
+UNUSABLE_JWKS = {
+    "an EC key": lambda jwk: {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+    "a symmetric key": lambda jwk: {"kty": "oct", "kid": "hs", "k": "c2VjcmV0"},
+    "no kty": lambda jwk: _without(jwk, "kty"),
+    "an encryption key": lambda jwk: {**jwk, "use": "enc"},
+    "an RS512 key": lambda jwk: {**jwk, "alg": "RS512"},
+    "an RSA key marked HS256": lambda jwk: {**jwk, "alg": "HS256"},
+    "no modulus n": lambda jwk: _without(jwk, "n"),
+    "no exponent e": lambda jwk: _without(jwk, "e"),
+    "a modulus that is not base64url": lambda jwk: {**jwk, "n": "!!"},
+    "no kid": lambda jwk: _without(jwk, "kid"),
+    "an empty kid": lambda jwk: {**jwk, "kid": ""},
+    "a numeric kid": lambda jwk: {**jwk, "kid": 7},
+    "a kid over 256 characters": lambda jwk: {**jwk, "kid": "k" * (MAX_KID_LEN + 1)},
+    "not an object": lambda jwk: "junk",
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_JWKS))
+def test_an_unusable_jwk_is_skipped_and_the_keys_after_it_still_read(case, key, other_key):
+    unusable = UNUSABLE_JWKS[case](other_key.jwk())
+    # Listed first, it must neither be kept nor hide the usable key listed after it...
+    assert list(parse_jwks({"keys": [unusable, key.jwk()]})) == [key.kid]
+    # ...and alone it makes the document unusable, so the cache keeps its previous keys.
+    with pytest.raises(ValueError):
+        parse_jwks({"keys": [unusable]})
+
+
+def test_use_and_alg_are_optional_in_a_jwk(key, keys):
+    # RFC 7517 makes both optional: an RSA key that omits them is an RS256 signing key.
+    bare = _without(_without(key.jwk(), "use"), "alg")
+    published = parse_jwks({"keys": [bare]})
+    assert list(published) == [key.kid]
+    assert verify(sign(key, claims()), published).email == SERVICE_ACCOUNT
