@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.gitlab.reachability import ReachabilityDetector
 from app.gitlab.transport import GitLabWire
 from app.settings import Settings
 
@@ -34,6 +35,9 @@ class SyncDeps:
     # Inside one user's sync: the lease's sessions (on PostgreSQL with advisory leases, the
     # connection holding the user's lock), so the sync never needs a second connection.
     sessions: SessionFactory | None = None
+    # A poll run's detector of an unreachable GitLab, shared by all the run's GitLab clients
+    # (set by poller.py for the run; None outside a run).
+    reachability: ReachabilityDetector | None = None
 
     def gitlab_wire(self) -> GitLabWire | httpx.AsyncClient:
         return self.gitlab if self.gitlab is not None else self.http
