@@ -117,7 +117,8 @@ def _is_json(content_type: str | None) -> bool:
 
 POLL_503: dict[str, Any] = {
     "model": PollSummary,
-    "description": "The run could not run: database unreachable or GitLab down. The summary "
+    "description": "The run could not run: database unreachable, GitLab down or unreachable "
+    "(gitlab_unreachable: `detail` names the host and why). The summary "
     "with `error` (a code) and `detail`, the shared error shape; `Retry-After` says when to retry.",
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
     "content": {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, print_table, warn
+from app.cli.output import CLIError, fail, print_table, warn
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from app.sync.results import PollSummary, UserResult
 
 CLI_TRIGGER = "cli"
+# The summary's error when the run found GitLab unreachable (sync/poller.py).
+GITLAB_UNREACHABLE = "gitlab_unreachable"
 
 
 class Progress:
@@ -210,7 +212,10 @@ def poll(
     outcome, names = run_in_runtime(settings, work)
     if as_json:
         typer.echo(endpoint_json(outcome.summary))
-    else:
+    elif outcome.summary.error != GITLAB_UNREACHABLE:
         print_summary(outcome, names)
+    if outcome.summary.error == GITLAB_UNREACHABLE:
+        # One line naming the host and why, not a table of users all failing the same way.
+        fail(outcome.summary.detail or GITLAB_UNREACHABLE)
     if not outcome.summary.success or outcome.status_code == 503:
         raise typer.Exit(1)

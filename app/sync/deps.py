@@ -10,6 +10,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.profile import STORY, SchemaProfile
+from app.gitlab.reachability import ReachabilityDetector
 from app.gitlab.transport import GitLabWire
 from app.settings import Settings
 
@@ -38,6 +39,9 @@ class SyncDeps:
     # What the database has of the original app's newer schema (db/profile.py), read at the
     # start of every run (poller.py): the app may be upgraded while this service runs.
     profile: SchemaProfile = STORY
+    # A poll run's detector of an unreachable GitLab, shared by all the run's GitLab clients
+    # (set by poller.py for the run; None outside a run).
+    reachability: ReachabilityDetector | None = None
 
     def gitlab_wire(self) -> GitLabWire | httpx.AsyncClient:
         return self.gitlab if self.gitlab is not None else self.http

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from app import metrics
 from app.db import repository as repo
 from app.db.models import utcnow
+from app.gitlab.reachability import ReachabilityDetector
 from app.logging import redact
 from app.sync.deps import SyncDeps
 from app.sync.results import PollSummary, RunAuth, UserResult, summarize
@@ -96,7 +97,8 @@ async def run_poll(
 
 
 class _Run:
-    """One poll run: its id, its results so far, and the GitLab-down detector."""
+    """One poll run: its id, its results so far, and its two GitLab detectors: users failing
+    with GitLab unavailable (5xx, timeouts), and requests unable to connect at all."""
 
     def __init__(
         self,
@@ -106,7 +108,12 @@ class _Run:
         auth: RunAuth | None,
         shard: Shard | None = None,
     ) -> None:
-        self.deps = deps
+        settings = deps.settings
+        self.reachability = ReachabilityDetector(
+            settings.gitlab_unreachable_threshold, settings.gitlab_instance_url
+        )
+        # Every GitLab client of this run shares the detector (user_sync.py, reconcile.py).
+        self.deps = replace(deps, reachability=self.reachability)
         self.auth = auth
         self.shard = shard
         self.trigger = trigger
@@ -117,7 +124,7 @@ class _Run:
         self.log = logger.bind(run_id=self.run_id, trigger=trigger)
         self.results: list[UserResult] = []
         self.total = 0
-        self.detector = _GitLabDownDetector(deps.settings.gitlab_down_threshold)
+        self.detector = _GitLabDownDetector(settings.gitlab_down_threshold)
 
     async def start(self, user_ids: Sequence[str] | None) -> list[str]:
         """Record the run, read the schema profile (the app may have been upgraded since
@@ -156,7 +163,7 @@ class _Run:
 
     async def fan_out(self, targets: list[str], *, manual: bool) -> None:
         """Every target user, at most POLL_CONCURRENCY at once; the rest skipped once GitLab
-        is seen down."""
+        is seen down or unreachable (reported as not attempted, their cursors untouched)."""
         self.total = len(targets) + len(self.results)
         if self.on_user_done is not None:
             for i, r in enumerate(self.results, 1):
@@ -165,7 +172,9 @@ class _Run:
 
         async def one(user_id: str) -> None:
             async with semaphore:
-                if self.detector.down:
+                if self.reachability.tripped:
+                    result = _skip(user_id, "gitlab_unreachable")
+                elif self.detector.down:
                     result = _skip(user_id, "gitlab_unavailable")
                 else:
                     result = await sync_user(self.deps, user_id, self.run_id, manual=manual)
@@ -183,8 +192,9 @@ class _Run:
         """Summarize (in the caller's order), record the run, count it in the metrics."""
         position = {uid: i for i, uid in enumerate(order)}
         self.results.sort(key=lambda r: position.get(r.user_id, len(position)))
-        down = self.detector.down
-        summary = self._summary(self.results, error="gitlab unavailable" if down else None)
+        error, detail = self._stopped_because()
+        down = error is not None
+        summary = self._summary(self.results, error=error, detail=detail)
         status_code = 503 if down else 200
         await _record_run(self.deps, summary, status_code, self.log)
         metrics.RUN_DURATION.observe(summary.duration_ms / 1000)
@@ -203,11 +213,29 @@ class _Run:
             reconcile_requests=summary.reconciliation.requests,
             duration_ms=summary.duration_ms,
             success=summary.success,
+            error=summary.error,
         ).info("poll run finished")
         retry_after = self.deps.settings.gitlab_down_retry_after_seconds if down else None
         return PollOutcome(summary, status_code, retry_after=retry_after)
 
-    def _summary(self, results: list[UserResult], error: str | None) -> PollSummary:
+    def _stopped_because(self) -> tuple[str | None, str | None]:
+        """Why the run stopped early (a code and a sentence), or (None, None)."""
+        if self.reachability.tripped:
+            # Unreachable wins: users failing on it also look "unavailable" to the other one.
+            synced = sum(1 for r in self.results if r.status == "processed")
+            skipped = sum(1 for r in self.results if r.reason == "gitlab_unreachable")
+            return "gitlab_unreachable", (
+                f"{self.reachability.describe()}. The run stopped early: {synced} of "
+                f"{len(self.results)} users synced, {skipped} not attempted; nothing is lost "
+                "(unsynced projects keep their cursors for the next run)"
+            )
+        if self.detector.down:
+            return "gitlab_unavailable", None
+        return None, None
+
+    def _summary(
+        self, results: list[UserResult], error: str | None, detail: str | None = None
+    ) -> PollSummary:
         return summarize(
             results=results,
             run_id=self.run_id,
@@ -215,6 +243,7 @@ class _Run:
             started_at=self.started_at,
             duration_ms=round((perf_counter() - self.t0) * 1000),
             error=error,
+            detail=detail,
             auth=self.auth,
             shard=self.shard,
         )

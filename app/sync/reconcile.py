@@ -106,7 +106,13 @@ async def reconcile_due(
         metrics.GITLAB_REQUESTS.labels(info.endpoint, str(info.status or "error")).inc()
 
     # A client of its own: its requests are counted apart from the sync's.
-    client = GitLabClient(deps.gitlab_wire(), deps.settings, token, on_request=count_request)
+    client = GitLabClient(
+        deps.gitlab_wire(),
+        deps.settings,
+        token,
+        on_request=count_request,
+        reachability=deps.reachability,
+    )
     for project in due:
         await _reconcile_or_postpone(deps, user_id, client, project, cursors, result)
 

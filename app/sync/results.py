@@ -21,6 +21,8 @@ RUN_ERRORS: dict[str, str] = {
     "database_unavailable": "the database is unreachable; the run did not start",
     "gitlab_unavailable": "GitLab is unavailable: several users in a row failed with "
     "GitLab errors, the rest were skipped",
+    "gitlab_unreachable": "GitLab cannot be reached: several requests in a row could not "
+    "connect; the run stopped early and users not attempted were skipped",
 }
 
 
@@ -77,7 +79,8 @@ class UserResult(BaseModel):
             "Why a user was skipped or failed: fresh, in_progress, no_token, token_expired, "
             "token_revoked, token_invalid, token_insufficient_scope, token_refresh_failed, "
             "not_found, no_projects, "
-            "gitlab_unavailable, rate_limited, database_unavailable, projects_failed, "
+            "gitlab_unavailable, gitlab_unreachable (not attempted: the run found GitLab "
+            "unreachable), rate_limited, database_unavailable, projects_failed, "
             "deadline_exceeded, lease_lost, error"
         ),
     )
@@ -202,7 +205,7 @@ class PollSummary(BaseModel):
     error: str | None = Field(
         None,
         description="503 only: why the run could not run, as a code "
-        "(database_unavailable, gitlab_unavailable)",
+        "(database_unavailable, gitlab_unavailable, gitlab_unreachable)",
     )
     detail: str | None = Field(None, description="503 only: the same, for a human")
     shard: int | None = Field(None, description="The shard this run synced (sharded polls)")
@@ -217,11 +220,14 @@ def summarize(
     started_at: datetime,
     duration_ms: int,
     error: str | None = None,
+    detail: str | None = None,
     auth: RunAuth | None = None,
     shard: Shard | None = None,
 ) -> PollSummary:
     """The run's summary. `error` (the run could not run) is a code or the poller's words
-    for one ("database unavailable"); the summary carries the code and a sentence."""
+    for one ("database unavailable"); the summary carries the code and a sentence: `detail`
+    if given (it names what only the run knows, such as the unreachable host), else the
+    code's own."""
     processed = sum(1 for r in results if r.status == "processed")
     failed = sum(1 for r in results if r.status == "failed")
     skipped_reasons: dict[str, int] = {}
@@ -234,10 +240,10 @@ def summarize(
         n for reason, n in skipped_reasons.items() if reason in DONE_SKIP_REASONS
     )
     total = len(results)
-    code = detail = None
+    code = text = None
     if error is not None:
         code = "_".join(error.strip().lower().split()) or "error"
-        detail = RUN_ERRORS.get(code, error)
+        text = detail or RUN_ERRORS.get(code, error)
     return PollSummary(
         success=(done > 0 or total == 0) and error is None,
         processed=processed,
@@ -254,7 +260,7 @@ def summarize(
         reconciliation=_reconcile_counts(results),
         users=results,
         error=code,
-        detail=detail,
+        detail=text,
         shard=shard.index if shard else None,
         shards=shard.count if shard else None,
     )

@@ -73,3 +73,20 @@ def test_a_run_that_could_not_run_fails_with_a_code_and_a_sentence(given, code) 
     assert s.success is False
     assert s.error == code
     assert s.detail and " " in s.detail and s.detail != code
+
+
+def test_a_run_specific_detail_wins_over_the_codes_sentence() -> None:
+    # The unreachable host is known to the run only (sync/poller.py).
+    text = "GitLab at https://gitlab.example.invalid cannot be reached: DNS lookup failed"
+    s = summarize(
+        results=[user("a", "skipped", "gitlab_unreachable")],
+        run_id="r",
+        trigger="cli",
+        started_at=T0,
+        duration_ms=1,
+        error="gitlab_unreachable",
+        detail=text,
+    )
+    assert (s.success, s.error, s.detail) == (False, "gitlab_unreachable", text)
+    assert s.skipped_reasons == {"gitlab_unreachable": 1}
+    assert summary(error="gitlab_unreachable").detail.startswith("GitLab cannot be reached")
