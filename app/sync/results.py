@@ -110,6 +110,11 @@ class RunAuth(BaseModel):
     email: str | None = Field(None, description="The service account of an OIDC caller")
 
 
+def run_auth(method: str | None, email: str | None) -> RunAuth | None:
+    """A run record's auth columns as the object every answer shows (None when not kept)."""
+    return None if method is None else RunAuth.model_validate({"method": method, "email": email})
+
+
 class EventCounts(BaseModel):
     stored: int = 0
     updated: int = 0
