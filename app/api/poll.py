@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.api.callers import caller_trigger
 from app.api.deps import (
     NO_RETRY_HEADERS,
     SettingsDep,
@@ -275,7 +276,7 @@ async def _run(
     outcome = await run_poll(
         deps,
         user_ids=parsed.user_ids,
-        trigger=_trigger(request),
+        trigger=caller_trigger(request.headers, names_users=parsed.user_ids is not None),
         auth=auth,
         shard=parsed.shard_spec,
     )
@@ -283,17 +284,3 @@ async def _run(
     return JSONResponse(
         outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers
     )
-
-
-def _trigger(request: Request) -> str:
-    """A label for the run record, from what the (already authenticated) caller sends."""
-    h = request.headers
-    if h.get("x-gitlab-insights-trigger") == "scheduler":
-        return "scheduler"  # the built-in scheduler
-    if "x-cloudscheduler" in h:
-        return "cloud_scheduler"
-    if "x-inngest-signature" in h:
-        return "inngest"
-    if "vercel-cron" in h.get("user-agent", "").lower():
-        return "vercel_cron"
-    return "api"

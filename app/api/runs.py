@@ -15,7 +15,7 @@ from app.api.deps import get_sessionmaker, require_caller
 from app.api.errors import error_responses
 from app.api.openapi import SIGNED
 from app.db import repository as repo
-from app.sync.results import RunAuth, run_auth
+from app.sync.results import TRIGGER_DESCRIPTION, RunAuth, TriggerName, run_auth
 
 router = APIRouter(tags=["status"])
 
@@ -24,13 +24,11 @@ SessionmakerDep = Annotated[async_sessionmaker, Depends(get_sessionmaker)]
 
 class Run(BaseModel):
     run_id: str
-    trigger: str = Field(
-        description="Who started it: scheduler, cloud_scheduler, inngest, vercel_cron, api, cli"
-    )
+    trigger: TriggerName = Field(description=TRIGGER_DESCRIPTION)
     auth: RunAuth | None = Field(
         None,
-        description="How the /api/poll or /api/inngest caller authenticated, as in the "
-        "/api/poll answer; null for CLI runs (and for runs recorded before it was kept)",
+        description="How the caller authenticated, as in the /api/poll answer; null for CLI "
+        "runs (and runs recorded before it was kept)",
     )
     started_at: datetime
     finished_at: datetime | None = Field(description="null while running, or if it crashed")

@@ -19,9 +19,9 @@ from app.cli.output import CLIError, print_table, usage_error, warn
 if TYPE_CHECKING:
     from app.runtime import Runtime
     from app.sync.poller import PollOutcome
-    from app.sync.results import PollSummary, UserResult
+    from app.sync.results import PollSummary, TriggerName, UserResult
 
-CLI_TRIGGER = "cli"
+CLI_TRIGGER: TriggerName = "cli"
 
 
 class Progress:

@@ -34,6 +34,7 @@ from app.security.signing import SIGNATURE_HEADER, SignatureError, verify_innges
 from app.settings import Settings
 from app.sync.deps import SyncDeps
 from app.sync.poller import PollOutcome, run_poll
+from app.sync.results import RunAuth
 
 if TYPE_CHECKING:
     import inngest
@@ -325,6 +326,11 @@ def _user_sync_function(
 ) -> inngest.Function[Any]:
     import inngest
 
+    # How Inngest's call was authenticated, recorded with each run as /api/poll records its
+    # caller's: in cloud mode every call is signed (checked by our gate and the SDK); the dev
+    # server's calls are not.
+    auth = RunAuth(method="unsigned" if dev_mode(settings) else "inngest_signature")
+
     @client.create_function(
         fn_id=USER_SYNC_FN_ID,
         name="GitLab User Sync",
@@ -350,7 +356,9 @@ def _user_sync_function(
         # attempt per Inngest attempt, or a bad user would be tried 4 x 4 times.
         deps = get_deps()
         once = replace(deps, settings=deps.settings.model_copy(update={"user_sync_attempts": 1}))
-        outcome = await run_poll(once, user_ids=[user_id], trigger="inngest", manual=manual)
+        outcome = await run_poll(
+            once, user_ids=[user_id], trigger="inngest", manual=manual, auth=auth
+        )
         logger.bind(
             inngest_run_id=ctx.run_id, run_id=outcome.summary.run_id, attempt=ctx.attempt
         ).debug("inngest user sync finished")

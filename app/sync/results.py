@@ -97,6 +97,18 @@ class UserResult(BaseModel):
 
 AuthMethodName = Literal["inngest_signature", "bearer", "oidc", "unsigned"]
 
+# Who started a run, recorded apart from how its caller authenticated (README, "Calling
+# /api/poll"; app/api/callers.py tells the /api/poll callers apart).
+TriggerName = Literal[
+    "scheduler", "cloud_scheduler", "vercel_cron", "manual", "api", "inngest", "cli"
+]
+TRIGGER_DESCRIPTION = (
+    "Who started the run: scheduler (the built-in one), cloud_scheduler (Google Cloud "
+    "Scheduler), vercel_cron (Vercel Cron), manual (another /api/poll caller naming "
+    "user_ids), api (another /api/poll caller: curl, a crontab), inngest (the Inngest "
+    "functions at /api/inngest), cli (gitlab-insights poll). How it authenticated is `auth`."
+)
+
 
 class RunAuth(BaseModel):
     """How the caller that started a run authenticated (recorded with the run)."""
@@ -190,14 +202,11 @@ class PollSummary(BaseModel):
         description='How many users were skipped for each reason, e.g. {"fresh": 2}',
     )
     run_id: str
-    trigger: str = Field(
-        "api",
-        description="Who started the run: scheduler, cloud_scheduler, inngest, vercel_cron, "
-        "api, cli",
-    )
+    trigger: TriggerName = Field("api", description=TRIGGER_DESCRIPTION)
     auth: RunAuth | None = Field(
         None,
-        description="How the /api/poll caller authenticated; null for other runs (CLI, Inngest)",
+        description="How the caller (of /api/poll, or Inngest calling /api/inngest) "
+        "authenticated; null for CLI runs, which have no caller to authenticate",
     )
     started_at: datetime
     duration_ms: int
@@ -218,7 +227,7 @@ def summarize(
     *,
     results: list[UserResult],
     run_id: str,
-    trigger: str,
+    trigger: TriggerName,
     started_at: datetime,
     duration_ms: int,
     error: str | None = None,

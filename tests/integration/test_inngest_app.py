@@ -653,7 +653,10 @@ async def test_cron_fan_out_and_user_syncs_match_ground_truth(db_url, fake_innge
                 poll_runs = (await s.execute(sa.select(PollRun))).scalars().all()
             assert sorted(last) == sorted(users)
             assert len(poll_runs) == 5
-            assert {r.trigger for r in poll_runs} == {"inngest"}
+            # Who called (Inngest) and how (its signature, verified) are both recorded.
+            assert {(r.trigger, r.auth_method, r.auth_email) for r in poll_runs} == {
+                ("inngest", "inngest_signature", None)
+            }
             assert sorted(r.id for r in poll_runs) == sorted(r.output["run_id"] for r in runs)
 
             # New activity in GitLab, next cron tick: only the change is fetched and stored.
