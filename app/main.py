@@ -97,7 +97,7 @@ def create_app(
     app.include_router(runs.router)
     install_error_handlers(app)
     install_security_schemes(app)
-    # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
+    # /api/inngest with INNGEST_EVENT_KEY (and the signing key) or INNGEST_DEV; else absent.
     mount_inngest(app, settings)
     return app
 

@@ -93,8 +93,12 @@ def dev_server_url(settings: Settings) -> str | None:
     return None
 
 
-def inngest_configured(settings: Settings) -> bool:
-    return dev_mode(settings) or settings.inngest_signing_key is not None
+def inngest_app_wanted(settings: Settings) -> bool:
+    """Whether this deployment means to run the Inngest app: with the dev server
+    (INNGEST_DEV), or for Inngest Cloud with INNGEST_EVENT_KEY, which only the app uses (its
+    fan-out sends events with it). INNGEST_SIGNING_KEY alone says nothing: it also signs
+    /api/poll for schedulers that have nothing to do with Inngest."""
+    return dev_mode(settings) or settings.inngest_event_key is not None
 
 
 class _DemoteUnauthorized(logging.Filter):
@@ -415,11 +419,19 @@ def _app_deps(app: FastAPI) -> GetDeps:
 
 
 def mount_inngest(app: FastAPI, settings: Settings) -> bool:
-    """Serve the Inngest app at /api/inngest when configured; one log line either way."""
-    if not inngest_configured(settings):
+    """Serve the Inngest app at /api/inngest where it is wanted; one log line either way,
+    a warning only where the app is wanted and cannot run."""
+    dev = dev_mode(settings)
+    if not inngest_app_wanted(settings):
         logger.info(
-            "Inngest disabled: set INNGEST_SIGNING_KEY (Inngest Cloud) or INNGEST_DEV=1 "
-            "(Inngest dev server) to serve /api/inngest"
+            "Inngest app off: set INNGEST_EVENT_KEY and INNGEST_SIGNING_KEY (Inngest Cloud) "
+            "or INNGEST_DEV=1 (Inngest dev server) to serve /api/inngest"
+        )
+        return False
+    if not dev and settings.inngest_signing_key is None:
+        logger.warning(
+            "INNGEST_EVENT_KEY is set but INNGEST_SIGNING_KEY is not: /api/inngest stays off "
+            "(Inngest Cloud's calls could not be verified)"
         )
         return False
 
@@ -432,7 +444,6 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
 
     client = create_client(settings)
     functions = create_functions(client, settings, _app_deps(app))
-    dev = dev_mode(settings)
     router = APIRouter(
         tags=["inngest"],
         dependencies=[] if dev else [Depends(_fresh_signature_gate(settings))],
@@ -451,10 +462,6 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
     )
     app.include_router(router)
     app.state.inngest_client = client
-    if not dev and settings.inngest_event_key is None:
-        logger.warning(
-            "INNGEST_EVENT_KEY is not set: gitlab-api-polling cannot send user.sync events"
-        )
     logger.info(
         "Inngest app '{}' served at /api/inngest ({} mode, {} functions)",
         APP_ID,
