@@ -29,7 +29,7 @@ from app.api.errors import FieldError, error_response, error_responses, invalid_
 from app.api.openapi import SIGNED
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
-from app.sync.results import PollSummary, RunAuth
+from app.sync.results import PollSummary, RunAuth, example_unavailable
 from app.sync.shard import MAX_SHARDS, Shard
 
 router = APIRouter(tags=["poll"])
@@ -121,26 +121,7 @@ POLL_503: dict[str, Any] = {
     "description": "The run could not run: database unreachable or GitLab down. The summary "
     "with `error` (a code) and `detail`, the shared error shape; `Retry-After` says when to retry.",
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
-    "content": {
-        "application/json": {
-            "example": {
-                "success": False,
-                "processed": 0,
-                "failed": 0,
-                "skipped": 0,
-                "total": 0,
-                "skipped_reasons": {},
-                "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                "trigger": "scheduler",
-                "started_at": "2026-11-29T12:00:00.000Z",
-                "duration_ms": 4,
-                "events": {"stored": 0, "updated": 0},
-                "users": [],
-                "error": "database_unavailable",
-                "detail": "the database is unreachable; the run did not start",
-            }
-        }
-    },
+    "content": {"application/json": {"example": example_unavailable().model_dump(mode="json")}},
 }
 
 

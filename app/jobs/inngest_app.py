@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
 from loguru import logger
 
 from app.db import repository as repo
@@ -418,6 +419,39 @@ def _app_deps(app: FastAPI) -> GetDeps:
     return get_deps
 
 
+# /docs titles of the SDK's three routes (FastAPI would make up "Get Api Inngest").
+_ROUTE_DOCS: dict[str, tuple[str, str]] = {
+    "GET": (
+        "Inngest: introspect the app",
+        "The SDK's introspection for Inngest and the dev server: the app's mode and functions.",
+    ),
+    "PUT": (
+        "Inngest: register the app's functions",
+        "Inngest Cloud's signed in-band sync (Apps -> Sync): the SDK registers the functions "
+        "gitlab-api-polling and gitlab-user-sync. Unsigned syncs only with "
+        "INNGEST_ENABLE_UNAUTHED_SYNC=true (or with the dev server).",
+    ),
+    "POST": (
+        "Inngest: run a function step",
+        "Inngest calls this to run gitlab-api-polling (the fan-out) or gitlab-user-sync (one "
+        "user) step by step; the body and answers are the SDK's protocol with Inngest.",
+    ),
+}
+_SIGNED_NOTE = (
+    " Calls must carry a valid X-Inngest-Signature at most SIGNATURE_MAX_AGE_SECONDS old "
+    "(401 otherwise)."
+)
+
+
+def _describe_routes(router: APIRouter, dev: bool) -> None:
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            for method in (route.methods or set()) & _ROUTE_DOCS.keys():
+                summary, description = _ROUTE_DOCS[method]
+                route.summary = summary
+                route.description = description + ("" if dev else _SIGNED_NOTE)
+
+
 def mount_inngest(app: FastAPI, settings: Settings) -> bool:
     """Serve the Inngest app at /api/inngest where it is wanted; one log line either way,
     a warning only where the app is wanted and cannot run."""
@@ -460,6 +494,7 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
         functions,
         enable_unauthed_sync=unauthed_sync,  # the SDK always allows it in dev mode
     )
+    _describe_routes(router, dev)
     app.include_router(router)
     app.state.inngest_client = client
     logger.info(

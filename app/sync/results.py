@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,52 +136,12 @@ class EventCounts(BaseModel):
 class PollSummary(BaseModel):
     """The original job's summary plus what happened to each user."""
 
+    # The documented example is built from these models (example_summary): it cannot miss
+    # a field the answer has.
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "success": True,
-                    "processed": 2,
-                    "failed": 0,
-                    "skipped": 1,
-                    "total": 3,
-                    "skipped_reasons": {"no_token": 1},
-                    "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                    "trigger": "cloud_scheduler",
-                    "auth": {
-                        "method": "oidc",
-                        "email": "scheduler@my-project.iam.gserviceaccount.com",
-                    },
-                    "started_at": "2026-11-29T12:00:00.000Z",
-                    "duration_ms": 812,
-                    "events": {"stored": 148, "updated": 3},
-                    "users": [
-                        {
-                            "user_id": "u1",
-                            "status": "processed",
-                            "reason": None,
-                            "stored": 100,
-                            "updated": 3,
-                            "projects": 3,
-                            "failed_projects": [],
-                            "attempts": 1,
-                            "duration_ms": 640,
-                        },
-                        {
-                            "user_id": "u3",
-                            "status": "skipped",
-                            "reason": "no_token",
-                            "stored": 0,
-                            "updated": 0,
-                            "projects": 1,
-                            "failed_projects": [],
-                            "attempts": 0,
-                            "duration_ms": 2,
-                        },
-                    ],
-                }
-            ]
-        }
+        json_schema_extra=lambda schema: schema.update(
+            examples=[example_summary().model_dump(mode="json")]
+        )
     )
 
     success: bool = Field(
@@ -287,3 +247,53 @@ def _reconcile_counts(results: list[UserResult]) -> ReconcileCounts:
     for r in results:
         total += r.reconciliation
     return total
+
+
+# --- the documented examples (OpenAPI), built like a real answer --------------------------------
+
+EXAMPLE_RUN_ID = "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b"
+EXAMPLE_STARTED_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def example_summary() -> PollSummary:
+    """A Cloud Scheduler poll: two users processed (one reconciled a project and removed what
+    GitLab no longer shows), one skipped without a token."""
+    return summarize(
+        results=[
+            UserResult(
+                user_id="u1",
+                status="processed",
+                stored=100,
+                updated=3,
+                removed=2,
+                reconciliation=ReconcileCounts(projects=1, requests=2),
+                projects=3,
+                attempts=1,
+                duration_ms=640,
+            ),
+            UserResult(
+                user_id="u2", status="processed", stored=48, projects=2, attempts=1, duration_ms=410
+            ),
+            UserResult(
+                user_id="u3", status="skipped", reason="no_token", projects=1, duration_ms=2
+            ),
+        ],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="cloud_scheduler",
+        auth=RunAuth(method="oidc", email="scheduler@my-project.iam.gserviceaccount.com"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=812,
+    )
+
+
+def example_unavailable() -> PollSummary:
+    """The 503 answer: the database was unreachable, the run did not start."""
+    return summarize(
+        results=[],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="scheduler",
+        auth=RunAuth(method="inngest_signature"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=4,
+        error="database_unavailable",
+    )
