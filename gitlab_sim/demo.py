@@ -193,24 +193,6 @@ def _report_failed_call(r: Any) -> None:
         say(f"[{stamp}] scheduler call #{r.number} FAILED after {r.attempts} attempt(s): {r.error}")
 
 
-def _service_app(settings: Any) -> Any:
-    """The service's app, built without the Inngest part's start-up lines.
-
-    The demo's signing key (for the built-in scheduler) also switches on /api/inngest, which
-    would warn that INNGEST_EVENT_KEY is not set: the demo does not use Inngest, so nothing
-    it needs is missing. Only the building of the app is silenced; later lines show.
-    """
-    from loguru import logger
-
-    from app.main import create_app
-
-    logger.disable("app.jobs")
-    try:
-        return create_app(settings)
-    finally:
-        logger.enable("app.jobs")
-
-
 def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * * *") -> int:
     from app.db.migrate import MigrationError, upgrade_to_head
     from app.scheduler.runner import RunnerOptions, SchedulerStartError, build_server
@@ -281,9 +263,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
             graceful_shutdown_seconds=5,
         )
         try:
-            server = build_server(
-                settings, host="127.0.0.1", port=port, options=options, app=_service_app(settings)
-            )
+            server = build_server(settings, host="127.0.0.1", port=port, options=options)
         except SchedulerStartError as exc:
             raise DemoError(str(exc)) from None
         try:

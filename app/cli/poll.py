@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, fail, print_table, warn
+from app.cli.output import CLIError, fail, print_table, usage_error, warn
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
     from app.sync.poller import PollOutcome
-    from app.sync.results import PollSummary, UserResult
+    from app.sync.results import PollSummary, TriggerName, UserResult
 
-CLI_TRIGGER = "cli"
+CLI_TRIGGER: TriggerName = "cli"
 # The summary's error when the run found GitLab unreachable (sync/poller.py).
 GITLAB_UNREACHABLE = "gitlab_unreachable"
 
@@ -199,12 +199,14 @@ def poll(
     """Run one poll now, in this process (no server needed), and print the summary."""
     from app.logging import configure_logging
 
+    emails = [e.strip() for e in user or []]
+    if not all(emails):
+        usage_error("--user: must not be empty")
     settings = settings_or_exit()
     if "log_level" not in settings.model_fields_set:
         # The progress line and the summary are the output; logs only when something is wrong.
         settings = settings.model_copy(update={"log_level": "WARNING"})
         configure_logging(settings, stream="stderr")
-    emails = [e.strip() for e in user or []]
 
     async def work(rt: Runtime) -> tuple[PollOutcome, dict[str, str]]:
         return await poll_once(rt, emails, progress_stream=sys.stderr)

@@ -13,6 +13,7 @@ import typer
 
 from app.cli.context import run_in_runtime, settings_or_exit
 from app.cli.output import CLIError, iso, print_json, print_table
+from app.sync.results import run_auth
 
 if TYPE_CHECKING:
     from app.db.models import PollRun
@@ -43,6 +44,7 @@ def run_rows(runs: list[PollRun]) -> list[list[str]]:
         [
             when(r.started_at),
             r.trigger,
+            r.auth_method or "-",
             outcome(r),
             f"{r.processed}/{r.failed}/{r.skipped} of {r.total}",
             f"+{r.events_stored} ~{r.events_updated}",
@@ -53,13 +55,24 @@ def run_rows(runs: list[PollRun]) -> list[list[str]]:
     ]
 
 
-RUN_HEADERS = ["started (UTC)", "trigger", "status", "users ok/failed/skipped", "events", "took"]
+RUN_HEADERS = [
+    "started (UTC)",
+    "trigger",
+    "auth",
+    "status",
+    "users ok/failed/skipped",
+    "events",
+    "took",
+]
 
 
 def run_json(r: PollRun) -> dict[str, object]:
+    # The object of /api/poll and /api/runs: {"method", "email"}, null for CLI runs.
+    auth = run_auth(r.auth_method, r.auth_email)
     return {
         "id": r.id,
         "trigger": r.trigger,
+        "auth": auth.model_dump(mode="json") if auth else None,
         "started_at": iso(r.started_at),
         "finished_at": iso(r.finished_at),
         "success": r.success,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from app.cli.context import settings_or_exit
-from app.cli.output import database_error_message, fail
+from app.cli.output import USAGE_ERROR, database_error_message, fail
 from app.settings import Settings
 
 
@@ -50,7 +50,7 @@ def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
     try:
         server = build_server(settings, host=host, port=port)
     except SchedulerStartError as exc:  # scheduler.yaml changed since the first check
-        fail(str(exc), code=2)
+        fail(str(exc), code=USAGE_ERROR)
     server.run()
 
 
@@ -74,7 +74,7 @@ def serve(
         try:  # refuse a scheduler that cannot run before touching the database
             build_scheduler(settings)
         except SchedulerStartError as exc:
-            fail(str(exc), code=2)
+            fail(str(exc), code=USAGE_ERROR)
     if migrate:
         from loguru import logger
 

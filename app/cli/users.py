@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.cli.context import run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, fail, iso, print_json, print_table, warn
+from app.cli.output import CLIError, iso, print_json, print_table, usage_error, warn
 
 if TYPE_CHECKING:
     from app.db.repository import UserListing
@@ -24,7 +24,7 @@ def normalized_email(value: str) -> str:
     try:
         checked = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        fail(f"--email: '{value.strip()}' is not a valid e-mail address: {exc}")
+        usage_error(f"--email: '{value.strip()}' is not a valid e-mail address: {exc}")
     return checked.normalized.lower()
 
 
@@ -35,7 +35,9 @@ def parse_expiry(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        fail(f"--expires-at: '{value}' is not an ISO 8601 date-time (e.g. 2026-12-01T10:00:00Z)")
+        usage_error(
+            f"--expires-at: '{value}' is not an ISO 8601 date-time (e.g. 2026-12-01T10:00:00Z)"
+        )
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -66,7 +68,7 @@ def add(
 
     email = normalized_email(email)
     if not token.strip():
-        fail("--token: must not be empty")
+        usage_error("--token: must not be empty")
     when = parse_expiry(expires_at)
     settings = settings_or_exit()
     if refresh_token is not None:
@@ -78,7 +80,7 @@ def add(
             if refresh_token is not None
             else "no --refresh-token was given"
         )
-        fail(
+        usage_error(
             f"--expires-at {iso(when)} is in the past and the token cannot be refreshed "
             f"({why}): pass a current token"
         )

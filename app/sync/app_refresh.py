@@ -25,8 +25,9 @@ from app.db import repository as repo
 from app.db.models import utcnow
 from app.sync.deps import SyncDeps
 from app.sync.poller import PollOutcome, run_poll
+from app.sync.results import TriggerName
 
-TRIGGER = "app_refresh"
+TRIGGER: TriggerName = "app_refresh"
 # LastSync writes older than this are history (an app upgraded meanwhile, a long stop), not
 # a button pressed now.
 RECENT = timedelta(minutes=10)

@@ -20,7 +20,7 @@ from app.db.models import utcnow
 from app.gitlab.reachability import ReachabilityDetector
 from app.logging import redact
 from app.sync.deps import SyncDeps
-from app.sync.results import PollSummary, RunAuth, UserResult, summarize
+from app.sync.results import PollSummary, RunAuth, TriggerName, UserResult, summarize
 from app.sync.shard import Shard
 from app.sync.user_sync import sync_user
 
@@ -68,7 +68,7 @@ async def run_poll(
     deps: SyncDeps,
     *,
     user_ids: Sequence[str] | None = None,
-    trigger: str = "api",
+    trigger: TriggerName = "api",
     manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
     auth: RunAuth | None = None,
@@ -103,7 +103,7 @@ class _Run:
     def __init__(
         self,
         deps: SyncDeps,
-        trigger: str,
+        trigger: TriggerName,
         on_user_done: ProgressCallback | None,
         auth: RunAuth | None,
         shard: Shard | None = None,

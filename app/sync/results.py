@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,6 +100,19 @@ class UserResult(BaseModel):
 
 AuthMethodName = Literal["inngest_signature", "bearer", "oidc", "unsigned"]
 
+# Who started a run, recorded apart from how its caller authenticated (README, "Calling
+# /api/poll"; app/api/callers.py tells the /api/poll callers apart).
+TriggerName = Literal[
+    "scheduler", "cloud_scheduler", "vercel_cron", "manual", "api", "inngest", "cli", "app_refresh"
+]
+TRIGGER_DESCRIPTION = (
+    "Who started the run: scheduler (the built-in one), cloud_scheduler (Google Cloud "
+    "Scheduler), vercel_cron (Vercel Cron), manual (another /api/poll caller naming "
+    "user_ids), api (another /api/poll caller: curl, a crontab), inngest (the Inngest "
+    "functions at /api/inngest), cli (gitlab-insights poll), app_refresh (the original app's "
+    "Refresh button, followed by `serve`). How it authenticated is `auth`."
+)
+
 
 class RunAuth(BaseModel):
     """How the caller that started a run authenticated (recorded with the run)."""
@@ -113,6 +126,11 @@ class RunAuth(BaseModel):
     email: str | None = Field(None, description="The service account of an OIDC caller")
 
 
+def run_auth(method: str | None, email: str | None) -> RunAuth | None:
+    """A run record's auth columns as the object every answer shows (None when not kept)."""
+    return None if method is None else RunAuth.model_validate({"method": method, "email": email})
+
+
 class EventCounts(BaseModel):
     stored: int = 0
     updated: int = 0
@@ -122,52 +140,12 @@ class EventCounts(BaseModel):
 class PollSummary(BaseModel):
     """The original job's summary plus what happened to each user."""
 
+    # The documented example is built from these models (example_summary): it cannot miss
+    # a field the answer has.
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "success": True,
-                    "processed": 2,
-                    "failed": 0,
-                    "skipped": 1,
-                    "total": 3,
-                    "skipped_reasons": {"no_token": 1},
-                    "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                    "trigger": "cloud_scheduler",
-                    "auth": {
-                        "method": "oidc",
-                        "email": "scheduler@my-project.iam.gserviceaccount.com",
-                    },
-                    "started_at": "2026-11-29T12:00:00.000Z",
-                    "duration_ms": 812,
-                    "events": {"stored": 148, "updated": 3},
-                    "users": [
-                        {
-                            "user_id": "u1",
-                            "status": "processed",
-                            "reason": None,
-                            "stored": 100,
-                            "updated": 3,
-                            "projects": 3,
-                            "failed_projects": [],
-                            "attempts": 1,
-                            "duration_ms": 640,
-                        },
-                        {
-                            "user_id": "u3",
-                            "status": "skipped",
-                            "reason": "no_token",
-                            "stored": 0,
-                            "updated": 0,
-                            "projects": 1,
-                            "failed_projects": [],
-                            "attempts": 0,
-                            "duration_ms": 2,
-                        },
-                    ],
-                }
-            ]
-        }
+        json_schema_extra=lambda schema: schema.update(
+            examples=[example_summary().model_dump(mode="json")]
+        )
     )
 
     success: bool = Field(
@@ -188,14 +166,11 @@ class PollSummary(BaseModel):
         description='How many users were skipped for each reason, e.g. {"fresh": 2}',
     )
     run_id: str
-    trigger: str = Field(
-        "api",
-        description="Who started the run: scheduler, cloud_scheduler, inngest, vercel_cron, "
-        "api, cli",
-    )
+    trigger: TriggerName = Field("api", description=TRIGGER_DESCRIPTION)
     auth: RunAuth | None = Field(
         None,
-        description="How the /api/poll caller authenticated; null for other runs (CLI, Inngest)",
+        description="How the caller (of /api/poll, or Inngest calling /api/inngest) "
+        "authenticated; null for CLI runs, which have no caller to authenticate",
     )
     started_at: datetime
     duration_ms: int
@@ -216,7 +191,7 @@ def summarize(
     *,
     results: list[UserResult],
     run_id: str,
-    trigger: str,
+    trigger: TriggerName,
     started_at: datetime,
     duration_ms: int,
     error: str | None = None,
@@ -279,3 +254,53 @@ def _reconcile_counts(results: list[UserResult]) -> ReconcileCounts:
     for r in results:
         total += r.reconciliation
     return total
+
+
+# --- the documented examples (OpenAPI), built like a real answer --------------------------------
+
+EXAMPLE_RUN_ID = "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b"
+EXAMPLE_STARTED_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def example_summary() -> PollSummary:
+    """A Cloud Scheduler poll: two users processed (one reconciled a project and removed what
+    GitLab no longer shows), one skipped without a token."""
+    return summarize(
+        results=[
+            UserResult(
+                user_id="u1",
+                status="processed",
+                stored=100,
+                updated=3,
+                removed=2,
+                reconciliation=ReconcileCounts(projects=1, requests=2),
+                projects=3,
+                attempts=1,
+                duration_ms=640,
+            ),
+            UserResult(
+                user_id="u2", status="processed", stored=48, projects=2, attempts=1, duration_ms=410
+            ),
+            UserResult(
+                user_id="u3", status="skipped", reason="no_token", projects=1, duration_ms=2
+            ),
+        ],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="cloud_scheduler",
+        auth=RunAuth(method="oidc", email="scheduler@my-project.iam.gserviceaccount.com"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=812,
+    )
+
+
+def example_unavailable() -> PollSummary:
+    """The 503 answer: the database was unreachable, the run did not start."""
+    return summarize(
+        results=[],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="scheduler",
+        auth=RunAuth(method="inngest_signature"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=4,
+        error="database_unavailable",
+    )

@@ -88,7 +88,7 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
             timeout=30,
         )
         assert r.status_code == 200, r.text
-        manual = wait_for(re.compile(r"poll #\d+ \(api, HTTP 200\): .* of 1 users"))
+        manual = wait_for(re.compile(r"poll #\d+ \(manual, HTTP 200\): .* of 1 users"))
         assert manual
 
         proc.send_signal(signal.SIGINT)
@@ -110,7 +110,7 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
         runs = conn.execute("SELECT trigger, status_code, events_stored FROM poll_run").fetchall()
         events = conn.execute('SELECT count(*) FROM "Event"').fetchone()[0]
     assert runs[0] == ("scheduler", 200, stored)
-    assert ("api", 200) in {(t, c) for t, c, _ in runs}
+    assert ("manual", 200) in {(t, c) for t, c, _ in runs}
     # Every run was printed, and the count printed last is the database's.
     printed = [m for ln in seen if (m := ANY_POLL.search(ln))]
     assert len(printed) == len(runs), output

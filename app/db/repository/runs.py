@@ -87,7 +87,8 @@ async def recent_runs(session: AsyncSession, limit: int = 50) -> list[PollRun]:
 class RunRecord:
     id: str
     trigger: str
-    auth: str | None
+    auth_method: str | None
+    auth_email: str | None
     started_at: datetime
     finished_at: datetime | None
     success: bool | None
@@ -101,23 +102,17 @@ class RunRecord:
     error: str | None
 
 
-# How the caller authenticated, when the poll_run table records it.
-# TODO(oidc): the OIDC work may add this column (as `auth` or `auth_method`); it is read
-# only when the model has it, so /api/runs shows it from then on without another change.
-_RUN_AUTH_COLUMN = next((c for c in ("auth", "auth_method") if c in _table(PollRun).c), None)
-
-
 async def list_runs(
     session: AsyncSession, *, limit: int, before: tuple[datetime, str] | None = None
 ) -> list[RunRecord]:
     """Runs newest first, at most `limit`, strictly older than the `(started_at, id)` key
     `before` (keyset pagination: stable while new runs arrive)."""
     table = _table(PollRun)
-    auth = table.c[_RUN_AUTH_COLUMN] if _RUN_AUTH_COLUMN else sa.null()
     stmt = sa.select(
         table.c.id,
         table.c.trigger,
-        auth.label("auth"),
+        table.c.auth_method,
+        table.c.auth_email,
         table.c.started_at,
         table.c.finished_at,
         table.c.success,
