@@ -176,13 +176,10 @@ def _ids(pattern: re.Pattern[str], text: str | None) -> list[int]:
     insert fail and lose the whole item) is left out, since no iid can be that big."""
     if not text:
         return []
-    found: dict[int, None] = {}
-    for match in pattern.finditer(text):
-        digits = match.group(1).lstrip("0") or "0"
-        # Checked by length first: int() refuses strings of thousands of digits.
-        if len(digits) <= 10 and int(digits) <= _INT4_MAX:
-            found.setdefault(int(digits), None)
-    return list(found)
+    numbers = (match.group(1).lstrip("0") or "0" for match in pattern.finditer(text))
+    # Checked by length first: int() refuses strings of thousands of digits.
+    ids = (int(digits) for digits in numbers if len(digits) <= 10 and int(digits) <= _INT4_MAX)
+    return list(dict.fromkeys(ids))  # in order of first appearance, each once
 
 
 def mentioned_ids(text: str | None) -> list[int]:
@@ -219,8 +216,8 @@ def work_item_comment_title(body: str | None) -> str:
 
     The story app took the first line even when blank.
     """
-    line = next((s.strip(_JS_TRIM) for s in (body or "").split("\n") if s.strip(_JS_TRIM)), "")
-    line = line or "Comment"
+    trimmed = (s.strip(_JS_TRIM) for s in (body or "").split("\n"))
+    line = next((s for s in trimmed if s), "Comment")
     if _utf16_len(line) > COMMENT_TITLE_MAX:
         line = _utf16_prefix(line, COMMENT_TITLE_MAX - 3) + "..."
     return COMMENT_TITLE_PREFIX + line
@@ -302,17 +299,16 @@ def work_item_bundle(
                 threaded.append((discussion.id, note))
     threaded.sort(key=lambda pair: _utc(pair[1].created_at))
 
-    participants = {item.author.username: None}
+    participants = [item.author.username]
     comments = unresolved = 0
     last_activity = _utc(item.updated_at)
     notes: list[EventRow] = []
     for discussion_id, note in threaded:
         created = _utc(note.created_at)
-        if created > last_activity:
-            last_activity = created
+        last_activity = max(last_activity, created)
         if not note.system:
             comments += 1
-            participants.setdefault(note.author.username, None)
+            participants.append(note.author.username)
         if note.resolvable and not note.resolved:
             unresolved += 1
         notes.append(
@@ -359,7 +355,7 @@ def work_item_bundle(
         iid=item.iid,
         status=work_item_status(item.state),
         assignees=[a.username for a in item.assignees],
-        participants=list(participants),
+        participants=list(dict.fromkeys(participants)),  # each once, first seen first
         lastActivityAt=last_activity,
         commentCount=comments,
         unresolvedCommentCount=unresolved,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from app.sync.transform import (
     mentioned_ids,
     merge_people,
     people_of,
+    project_ref_of,
     work_item_bundle,
     work_item_comment_title,
     work_item_status,
@@ -83,6 +85,8 @@ def discussions(*threads: tuple[str, list[dict[str, Any]]]) -> list[GitLabDiscus
         ("#٣ is not ASCII", []),  # JavaScript's \d is ASCII only
         ("#99999999999 and #2147483648 and #2147483647", [2147483647]),
         ("#" + "9" * 5000, []),  # no int() on a huge number
+        ("#0 and !000", [0]),  # parseInt: zeros are the number 0, once
+        ("#00000000042", [42]),  # leading zeros do not make a number too big
     ],
 )
 def test_mentioned_ids(text: str | None, ids: list[int]) -> None:
@@ -118,6 +122,10 @@ def test_closes_issue_ids(text: str, ids: list[int]) -> None:
         ("\n\n  Reproduced  \nlog", "Comment: Reproduced"),  # the first non-blank line
         ("\ufeffBOM first\n", "Comment: BOM first"),  # JavaScript's trim() strips U+FEFF
         ("\x1cnot stripped", "Comment: \x1cnot stripped"),  # ... and not U+001C
+        # Blank is JavaScript's blank: a line of U+FEFF and U+3000 is skipped, a line of
+        # U+001C (whitespace to Python, not to JavaScript) is the first non-blank one.
+        ("\ufeff\u3000\nsecond", "Comment: second"),
+        ("\x1c\nsecond", "Comment: \x1c"),
         ("line\r\nnext", "Comment: line"),
         ("a" * 100, "Comment: " + "a" * 100),
         ("a" * 101, "Comment: " + "a" * 97 + "..."),
@@ -133,6 +141,17 @@ def test_comment_title_counts_utf16_units_and_never_splits_a_character() -> None
     # 51 emoji = 102 units: cut at 97 units, which would split the 49th; it is left out.
     assert work_item_comment_title(emoji * 51) == "Comment: " + emoji * 48 + "..."
     assert work_item_comment_title("x" + emoji * 50) == "Comment: x" + emoji * 48 + "..."
+
+
+def test_comment_title_utf16_boundary_between_one_and_two_units() -> None:
+    # U+FFFF, the last character of the BMP (a noncharacter, but valid text), is one unit.
+    last_bmp = "\uffff"
+    assert work_item_comment_title(last_bmp * 100) == "Comment: " + last_bmp * 100
+    assert work_item_comment_title(last_bmp * 101) == "Comment: " + last_bmp * 97 + "..."
+    # U+10000, the first character outside it, is two (a surrogate pair).
+    first_astral = "\U00010000"
+    assert work_item_comment_title(first_astral * 50) == "Comment: " + first_astral * 50
+    assert work_item_comment_title(first_astral * 51) == "Comment: " + first_astral * 48 + "..."
 
 
 @pytest.mark.parametrize(
@@ -191,7 +210,125 @@ def test_issue_bundle_activity_threads_and_people() -> None:
     assert first["iid"] is None and first["status"] is None and first["lastActivityAt"] is None
     assert by_id["note-13"]["isSystemNote"] is True
     assert by_id["note-14"]["discussionId"] == "d2"
-    assert [p["username"] for p in bundle.people] == ["ada", "bob", "cy"]
+    # Every author once, the item's first, then the notes' by time (system notes too), as
+    # GitLab sends them (name, avatar); bob's later note does not add him twice.
+    assert bundle.people == [
+        {"gitlabId": 1, "username": "ada", "name": "Ada", "avatarUrl": "https://a/ada.png"},
+        {"gitlabId": 2, "username": "bob", "name": "Bob", "avatarUrl": None},
+        {"gitlabId": 3, "username": "cy", "name": "Cy", "avatarUrl": None},
+    ]
+
+
+MR: dict[str, Any] = {
+    **ISSUE,
+    "id": 77,
+    "iid": 5,
+    "description": "Fixes #3, see !4",
+    "labels": ["bug", "ui"],
+    "web_url": "https://gitlab.example/group/my-project/-/merge_requests/5",
+    # An offset other than Z: stored as the same instant in UTC.
+    "created_at": "2025-01-01T11:00:00+01:00",
+}
+
+
+def test_merge_request_bundle_rows_field_by_field() -> None:
+    """Every column of sections 2.1 and 2.2: the counts, people and activity live on the
+    item's row; a comment row carries its own text, author and links to its thread and
+    item, and empty values for the rest."""
+    bob = author(2, "bob", "https://a/bob.png")
+    threads = discussions(
+        (
+            "d1",
+            [
+                note(
+                    21,
+                    bob,
+                    "2025-01-01T12:00:00Z",
+                    "LGTM\nfixes #3 too",
+                    noteable_id=77,
+                    noteable_type="MergeRequest",
+                    resolvable=True,
+                    resolved=False,
+                )
+            ],
+        )
+    )
+    bundle = work_item_bundle(GitLabMergeRequest.model_validate(MR), threads, REF)
+    assert bundle.item == {
+        "type": "merge_request",
+        "title": "Crash",
+        "body": "Fixes #3, see !4",
+        "author": "ada",
+        "authorAvatar": "https://a/ada.png",
+        "project": "My Project",
+        "projectId": "278964",
+        "labels": ["bug", "ui"],
+        "gitlabEventId": "mr-77",
+        "gitlabUrl": MR["web_url"],
+        "createdAt": datetime(2025, 1, 1, 10, tzinfo=UTC),
+        "iid": 5,
+        "status": "open",
+        "assignees": ["cy", "bob"],
+        "participants": ["ada", "bob"],
+        "lastActivityAt": datetime(2025, 1, 2, 10, tzinfo=UTC),  # updated_at: the note is older
+        "commentCount": 1,
+        "unresolvedCommentCount": 1,
+        "mentionedInIds": [3, 4],
+        "closesIssueIds": [3],
+        "parentEventId": None,
+        "parentType": None,
+        "gitlabParentId": None,
+        "discussionId": None,
+        "isSystemNote": False,
+    }
+    assert bundle.notes == [
+        {
+            "type": "comment",
+            "title": "Comment: LGTM",
+            "body": "LGTM\nfixes #3 too",
+            "author": "bob",
+            "authorAvatar": "https://a/bob.png",
+            "project": "My Project",
+            "projectId": "278964",
+            "labels": [],
+            "gitlabEventId": "note-21",
+            "gitlabUrl": MR["web_url"] + "#note_21",
+            "createdAt": datetime(2025, 1, 1, 12, tzinfo=UTC),
+            "iid": None,
+            "status": None,
+            "assignees": [],
+            "participants": [],
+            "lastActivityAt": None,
+            "commentCount": 0,  # the counts are the item's, even for an unresolved note
+            "unresolvedCommentCount": 0,
+            "mentionedInIds": [3],
+            "closesIssueIds": [],  # only the MR's description closes issues, not a comment
+            "parentEventId": None,  # set when stored: the database id of the item's row
+            "parentType": "merge_request",
+            "gitlabParentId": 77,
+            "discussionId": "d1",
+            "isSystemNote": False,
+        }
+    ]
+
+
+def test_an_issue_closes_nothing() -> None:
+    # "Closes #4" in an issue's description is a mention: only merge requests close issues.
+    issue = GitLabIssue.model_validate({**ISSUE, "description": "Closes #4"})
+    item = work_item_bundle(issue, [], REF).item
+    assert item["mentionedInIds"] == [4] and item["closesIssueIds"] == []
+
+
+@pytest.mark.parametrize("fragment", ["#top", "#a#b"])
+def test_comment_url_is_the_item_url_without_fragment(fragment: str) -> None:
+    # GitLab's web_url has no fragment; if one came, it is dropped, as the client does on
+    # the story path: a comment's URL holds one `#`, and its item is the URL before it
+    # (deletions.parent_url).
+    base = ISSUE["web_url"]
+    issue = GitLabIssue.model_validate({**ISSUE, "web_url": base + fragment})
+    threads = discussions(("d1", [note(11, author(2, "bob"), "2025-01-01T11:00:00Z")]))
+    (comment,) = work_item_bundle(issue, threads, REF).notes
+    assert comment["gitlabUrl"] == base + "#note_11"
 
 
 def test_item_without_notes_has_its_updated_at_as_activity() -> None:
@@ -232,11 +369,12 @@ def test_people_merge_like_the_app() -> None:
             {"gitlabId": 1, "username": "", "name": None, "avatarUrl": None},
             {"gitlabId": 2, "username": "bob", "name": None, "avatarUrl": None},
             {"gitlabId": 1, "username": "ada2", "name": "Ada L", "avatarUrl": None},
+            {"gitlabId": 2, "username": "bob", "name": None, "avatarUrl": "b.png"},
         ]
     )
     assert merged == [
         {"gitlabId": 1, "username": "ada2", "name": "Ada L", "avatarUrl": "a.png"},
-        {"gitlabId": 2, "username": "bob", "name": None, "avatarUrl": None},
+        {"gitlabId": 2, "username": "bob", "name": None, "avatarUrl": "b.png"},  # a later avatar
     ]
 
 
@@ -265,3 +403,20 @@ def test_project_ref_conventions() -> None:
     assert newest.event_project_id == "42"
     # Rows written before the app was upgraded still hold the path.
     assert newest.event_project_ids == ("42", "g/p")
+
+
+@dataclass
+class Monitored:
+    """A "MonitoredProject" row, as much as the transform reads."""
+
+    gitlabProjectId: str  # noqa: N815
+    projectName: str  # noqa: N815
+    projectPath: str  # noqa: N815
+
+
+def test_project_ref_of_a_monitored_project_follows_the_schema() -> None:
+    project = Monitored("278964", "My Project", "group/my-project")
+    assert project_ref_of(project, NEWEST) == REF
+    story = project_ref_of(project, STORY)
+    assert story == ProjectRef("278964", "My Project", "group/my-project", "path")
+    assert story.event_project_id == "group/my-project"
