@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.sync.results import UserResult, summarize
+from app.sync.results import UserResult, skip_reasons_text, summarize
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -73,3 +73,11 @@ def test_a_run_that_could_not_run_fails_with_a_code_and_a_sentence(given, code) 
     assert s.success is False
     assert s.error == code
     assert s.detail and " " in s.detail and s.detail != code
+
+
+def test_skip_reasons_text_names_one_reason_or_counts_the_most_frequent_first():
+    assert skip_reasons_text(None) == skip_reasons_text({}) == ""
+    assert skip_reasons_text({"fresh": 3}) == "fresh"
+    assert skip_reasons_text({"no_token": 1, "fresh": 2, "in_progress": 1}) == (
+        "2 fresh, 1 in_progress, 1 no_token"
+    )
