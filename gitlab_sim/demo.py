@@ -221,7 +221,7 @@ def _refresh_note(seconds: float) -> str:
     )
 
 
-def cli_line(db_url: str, gitlab_url: str, command: str) -> str:
+def _cli_line(db_url: str, gitlab_url: str, command: str) -> str:
     """`gitlab-insights <command>` aimed at the demo's database and simulator, ready to paste
     in another terminal in any folder (without them it would make ./gitlab-insights.db)."""
     script = Path(sys.executable).parent / "gitlab-insights"  # the venv's, next to Python
@@ -327,7 +327,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
             )
             say(_refresh_note(settings.min_refresh_interval_seconds))
             say("the command line on this demo (another terminal; also runs, status, users list):")
-            say("  " + cli_line(db_url, sim.url, "poll"))
+            say("  " + _cli_line(db_url, sim.url, "poll"))
             say("Ctrl-C to stop.")
 
         options = RunnerOptions(

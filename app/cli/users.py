@@ -7,6 +7,7 @@ account's GitLab user id becomes its accountId. `--no-verify` stores the token u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -112,6 +113,57 @@ def check_expiry(when: datetime | None, refresh_token: str | None, can_refresh: 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    """What `users add` stores: the user and its GitLab account."""
+
+    email: str
+    name: str | None
+    token: str
+    refresh_token: str | None
+    expires_at: datetime | None
+
+
+async def store_user(
+    rt: Runtime, new: NewUser, *, verify: bool, can_refresh: bool
+) -> tuple[str, GitLabCurrentUser | None]:
+    """Store the user and its GitLab account once GitLab names the token's owner (unless not
+    `verify`): (user id, the GitLab account or None when unchecked). CLIError: nothing stored."""
+    from sqlalchemy.exc import IntegrityError
+
+    from app.db import repository as repo
+
+    async with rt.sessionmaker() as s:
+        existing = await repo.get_user_by_email(s, new.email)  # case-insensitive
+    if existing is not None:  # before asking GitLab: nothing to check then
+        raise CLIError(f"a user with e-mail {existing.email} already exists")
+    # No session is held while GitLab answers.
+    owner = await token_owner(rt, new.token, can_refresh=can_refresh) if verify else None
+    async with rt.sessionmaker() as s, s.begin():
+        if owner is not None:
+            linked = await repo.user_of_gitlab_account(s, str(owner.id))
+            if linked is not None:
+                raise CLIError(
+                    f"GitLab account @{owner.username} (id {owner.id}) is already linked "
+                    f"to user {linked.email}; nothing stored"
+                )
+        try:
+            user = await repo.create_user_with_account(
+                s,
+                email=new.email,
+                name=new.name if new.name is not None or owner is None else owner.name,
+                access_token=new.token,
+                refresh_token=new.refresh_token,
+                expires_at=new.expires_at,
+                gitlab_user_id=str(owner.id) if owner is not None else None,
+            )
+        except IntegrityError:  # added concurrently, between the check and the insert
+            raise CLIError(
+                f"a user with e-mail {new.email} or the same GitLab account already exists"
+            ) from None
+        return user.id, owner
+
+
 @users_cli.command("add")
 def add(
     email: Annotated[
@@ -143,10 +195,6 @@ def add(
     ] = True,
 ) -> None:
     """Create a user and its GitLab account (providerId 'gitlab'), once GitLab accepts the token."""
-    from sqlalchemy.exc import IntegrityError
-
-    from app.db import repository as repo
-
     email = normalized_email(email)
     token = token.strip()
     if not token:
@@ -164,35 +212,12 @@ def add(
         )
 
     async def work(rt: Runtime) -> tuple[str, GitLabCurrentUser | None]:
-        async with rt.sessionmaker() as s:
-            existing = await repo.get_user_by_email(s, email)  # case-insensitive
-        if existing is not None:  # before asking GitLab: nothing to check then
-            raise CLIError(f"a user with e-mail {existing.email} already exists")
-        # No session is held while GitLab answers.
-        owner = await token_owner(rt, token, can_refresh=can_refresh) if verify else None
-        async with rt.sessionmaker() as s, s.begin():
-            if owner is not None:
-                linked = await repo.user_of_gitlab_account(s, str(owner.id))
-                if linked is not None:
-                    raise CLIError(
-                        f"GitLab account @{owner.username} (id {owner.id}) is already linked "
-                        f"to user {linked.email}; nothing stored"
-                    )
-            try:
-                user = await repo.create_user_with_account(
-                    s,
-                    email=email,
-                    name=name if name is not None or owner is None else owner.name,
-                    access_token=token,
-                    refresh_token=refresh_token,
-                    expires_at=when,
-                    gitlab_user_id=str(owner.id) if owner is not None else None,
-                )
-            except IntegrityError:  # added concurrently, between the check and the insert
-                raise CLIError(
-                    f"a user with e-mail {email} or the same GitLab account already exists"
-                ) from None
-            return user.id, owner
+        return await store_user(
+            rt,
+            NewUser(email, name, token, refresh_token, when),
+            verify=verify,
+            can_refresh=can_refresh,
+        )
 
     user_id, owner = run_in_runtime(settings, work)
     if owner is not None:
