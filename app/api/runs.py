@@ -39,6 +39,11 @@ class Run(BaseModel):
     processed: int
     failed: int
     skipped: int
+    skipped_reasons: dict[str, int] | None = Field(
+        None,
+        description='Users skipped per reason, as /api/poll answers (e.g. {"fresh": 1}); '
+        "null while running and for runs recorded before this was kept",
+    )
     events_stored: int
     events_updated: int
     error: str | None = Field(description="Why the run could not run (503), else null")
@@ -87,6 +92,7 @@ def _run(r: repo.RunRecord) -> Run:
         processed=r.processed,
         failed=r.failed,
         skipped=r.skipped,
+        skipped_reasons=r.skipped_reasons,
         events_stored=r.events_stored,
         events_updated=r.events_updated,
         error=r.error,

@@ -151,6 +151,8 @@ def endpoint_json(summary: PollSummary) -> str:
 
 
 def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
+    from app.sync.results import skip_reasons_text
+
     s = outcome.summary
     if s.users:
         rows = [
@@ -177,9 +179,11 @@ def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
     else:
         typer.echo("no users with monitored projects")
     verdict = "success" if s.success and outcome.status_code != 503 else "FAILED"
+    why = skip_reasons_text(s.skipped_reasons)
+    skipped = f"{s.skipped} skipped" + (f" ({why})" if why else "")
     typer.echo(
         f"run {s.run_id} ({verdict}, HTTP {outcome.status_code}): {s.processed} processed, "
-        f"{s.failed} failed, {s.skipped} skipped of {s.total} users; "
+        f"{s.failed} failed, {skipped} of {s.total} users; "
         f"{s.events.stored} events stored, {s.events.updated} updated in {s.duration_ms} ms"
     )
     if s.error:

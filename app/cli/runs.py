@@ -46,13 +46,22 @@ def run_rows(runs: list[PollRun]) -> list[list[str]]:
             r.trigger,
             r.auth_method or "-",
             outcome(r),
-            f"{r.processed}/{r.failed}/{r.skipped} of {r.total}",
+            users(r),
             f"+{r.events_stored} ~{r.events_updated}",
             duration(r),
             " ".join((r.error or "").split()) or "-",
         ]
         for r in runs
     ]
+
+
+def users(run: PollRun) -> str:
+    """`2/0/1 of 3 (fresh)`: the counts, and why users were skipped when it is known."""
+    from app.sync.results import skip_reasons_text
+
+    counts = f"{run.processed}/{run.failed}/{run.skipped} of {run.total}"
+    why = skip_reasons_text(run.skipped_reasons)
+    return f"{counts} ({why})" if why else counts
 
 
 RUN_HEADERS = [
@@ -81,6 +90,7 @@ def run_json(r: PollRun) -> dict[str, object]:
         "processed": r.processed,
         "failed": r.failed,
         "skipped": r.skipped,
+        "skipped_reasons": r.skipped_reasons,
         "events_stored": r.events_stored,
         "events_updated": r.events_updated,
         "error": r.error,

@@ -274,5 +274,8 @@ class PollRun(Base):
     # (migration 0005).
     shard: Mapped[int | None] = mapped_column(sa.Integer)
     shards: Mapped[int | None] = mapped_column(sa.Integer)
+    # Users skipped per reason (`{"fresh": 1}`), as /api/poll answers it; NULL before
+    # migration 0008.
+    skipped_reasons: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
 
     __table_args__ = (sa.Index("poll_run_started_at_idx", "started_at"),)

@@ -266,6 +266,7 @@ async def _record_run(deps: SyncDeps, summary: PollSummary, status_code: int, lo
                 processed=summary.processed,
                 failed=summary.failed,
                 skipped=summary.skipped,
+                skipped_reasons=summary.skipped_reasons,
                 events_stored=summary.events.stored,
                 events_updated=summary.events.updated,
                 error=summary.error,

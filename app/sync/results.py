@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -24,6 +25,17 @@ RUN_ERRORS: dict[str, str] = {
     "gitlab_unreachable": "GitLab cannot be reached: several requests in a row could not "
     "connect; the run stopped early and users not attempted were skipped",
 }
+
+
+def skip_reasons_text(reasons: Mapping[str, int] | None) -> str:
+    """Why users were skipped, for run lines and tables: `fresh` when one reason covers them
+    all, else `2 fresh, 1 no_token` (most frequent first); empty when none were."""
+    if not reasons:
+        return ""
+    if len(reasons) == 1:
+        return next(iter(reasons))
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {reason}" for reason, n in ranked)
 
 
 class UserSkipped(Exception):

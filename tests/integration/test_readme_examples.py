@@ -98,7 +98,7 @@ def run_bash(script: str, server: LiveServer, **env: str) -> subprocess.Complete
 
 def test_the_bearer_curls_poll_everyone_then_refresh_one_user(service):
     uid = add_user(service.settings.database_url, "ada@example.com", None, [("7", "p", "g/p")])
-    script = readme_block('-H "Authorization: Bearer $INNGEST_SIGNING_KEY"')
+    script = readme_block('-d \'{"user_ids": ["<user id>"]}\'')
     r = run_bash(script.replace("<user id>", uid), service)
     assert r.returncode == 0, r.stderr
     everyone, refresh = answers(r.stdout)

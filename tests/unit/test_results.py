@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.sync.results import UserResult, summarize
+from app.sync.results import UserResult, skip_reasons_text, summarize
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -90,3 +90,11 @@ def test_a_run_specific_detail_wins_over_the_codes_sentence() -> None:
     assert (s.success, s.error, s.detail) == (False, "gitlab_unreachable", text)
     assert s.skipped_reasons == {"gitlab_unreachable": 1}
     assert summary(error="gitlab_unreachable").detail.startswith("GitLab cannot be reached")
+
+
+def test_skip_reasons_text_names_one_reason_or_counts_the_most_frequent_first():
+    assert skip_reasons_text(None) == skip_reasons_text({}) == ""
+    assert skip_reasons_text({"fresh": 3}) == "fresh"
+    assert skip_reasons_text({"no_token": 1, "fresh": 2, "in_progress": 1}) == (
+        "2 fresh, 1 in_progress, 1 no_token"
+    )

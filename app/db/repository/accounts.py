@@ -101,6 +101,17 @@ async def get_user(session: AsyncSession, user_id: str) -> User | None:
     return await session.get(User, user_id)
 
 
+async def user_of_gitlab_account(session: AsyncSession, gitlab_user_id: str) -> User | None:
+    """The user already linked to this GitLab account (its accountId is unique per provider)."""
+    stmt = (
+        sa.select(User)
+        .join(Account, Account.userId == User.id)
+        .where(Account.providerId == GITLAB_PROVIDER, Account.accountId == gitlab_user_id)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalars().first()
+
+
 async def create_user_with_account(
     session: AsyncSession,
     *,
@@ -301,5 +312,6 @@ __all__ = [
     "store_rotated_tokens",
     "users_by_ids",
     "users_to_poll",
+    "user_of_gitlab_account",
     "users_without_token",
 ]

@@ -56,6 +56,7 @@ async def finish_poll_run(
     processed: int,
     failed: int,
     skipped: int,
+    skipped_reasons: dict[str, int],
     events_stored: int,
     events_updated: int,
     error: str | None,
@@ -71,6 +72,7 @@ async def finish_poll_run(
             processed=processed,
             failed=failed,
             skipped=skipped,
+            skipped_reasons=skipped_reasons,
             events_stored=events_stored,
             events_updated=events_updated,
             error=error,
@@ -97,6 +99,7 @@ class RunRecord:
     processed: int
     failed: int
     skipped: int
+    skipped_reasons: dict[str, int] | None
     events_stored: int
     events_updated: int
     error: str | None
@@ -121,6 +124,7 @@ async def list_runs(
         table.c.processed,
         table.c.failed,
         table.c.skipped,
+        table.c.skipped_reasons,
         table.c.events_stored,
         table.c.events_updated,
         table.c.error,
