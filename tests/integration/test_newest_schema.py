@@ -478,3 +478,19 @@ async def test_no_following_on_the_story_schema(db_url, sim) -> None:
         await svc.poll()
         await app_refresh(db_url, alice)
         assert await follow_once(svc.app.state.sync_deps) is None
+
+
+async def test_start_up_says_which_schema_it_found(newest_db_url, sim) -> None:
+    from loguru import logger
+
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(m.record["message"]), level="INFO")
+    try:
+        async with service(settings_for(newest_db_url, sim)):
+            for _ in range(400):  # the warm-up runs in the background (at most 20 s)
+                if "database schema: newest" in seen:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        logger.remove(sink)
+    assert "database schema: newest" in seen
