@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,10 +15,15 @@ from loguru import logger
 from app import __version__
 from app.api import poll, runs, status
 from app.api.errors import install_error_handlers
-from app.api.openapi import install_security_schemes
+from app.api.openapi import install_openapi_extras
 from app.jobs.inngest_app import mount_inngest
 from app.logging import configure_logging
-from app.runtime import open_runtime, start_warm_up, stop_warm_up
+from app.runtime import (
+    open_runtime,
+    start_following_app_refreshes,
+    start_warm_up,
+    stop_warm_up,
+)
 from app.settings import ConfigurationError, Settings, get_settings
 
 DESCRIPTION = """
@@ -78,9 +84,15 @@ def create_app(
                 "gitlab-insights started (database: {})", runtime.engine.url.get_backend_name()
             )
             warming = start_warm_up(runtime)  # in the background: start-up does not wait
+            following = start_following_app_refreshes(runtime)
             try:
                 yield
             finally:
+                if following is not None:
+                    # A loop until cancelled; waited for, as the warm-up, so that its
+                    # connections are closed before the engine is disposed of.
+                    following.cancel()
+                    await asyncio.wait({following})
                 await stop_warm_up(warming)
                 logger.info("gitlab-insights stopped")
 
@@ -92,12 +104,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(poll.router)
-    app.include_router(status.router)
-    app.include_router(runs.router)
+    routers = (poll.router, status.router, runs.router)
+    for router in routers:
+        app.include_router(router)
     install_error_handlers(app)
-    install_security_schemes(app)
-    # /api/inngest when INNGEST_SIGNING_KEY or INNGEST_DEV is set; absent otherwise.
+    install_openapi_extras(app, routers)
+    # /api/inngest with INNGEST_EVENT_KEY (and the signing key) or INNGEST_DEV; else absent.
     mount_inngest(app, settings)
     return app
 

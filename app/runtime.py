@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
 
 from app.auth.oidc import OIDCVerifier
+from app.db import repository
 from app.db.engine import create_engine, create_sessionmaker
 from app.gitlab.transport import AiohttpWire, GitLabWire, create_http_client
 from app.settings import Settings
+from app.sync.app_refresh import follow
 from app.sync.deps import SyncDeps
 
 
@@ -83,6 +85,7 @@ async def warm_up(runtime: Runtime) -> None:
     and POLL_CONCURRENCY users). Best effort: a database that is down only shows later, in
     the requests that need it (503), never as a failed start."""
     configure_mappers()
+    await log_schema(runtime)
     if runtime.settings.is_sqlite:
         return
     wanted = min(runtime.settings.poll_concurrency + 1, runtime.settings.db_pool_size)
@@ -95,8 +98,29 @@ async def warm_up(runtime: Runtime) -> None:
         logger.debug("database warm-up skipped: {}", type(exc).__name__)
 
 
+async def log_schema(runtime: Runtime) -> None:
+    """Say at start-up which version of the original app's schema the database has (each
+    run reads it again: the app may be upgraded while the service runs)."""
+    try:
+        async with runtime.sessionmaker() as s:
+            profile = await repository.read_schema_profile(s)
+    except Exception as exc:  # noqa: BLE001 - best effort, as the rest of the warm-up
+        logger.debug("schema not read at start-up: {}", type(exc).__name__)
+        return
+    logger.bind(schema=profile.flavour).info("database schema: {}", profile.describe())
+
+
 def start_warm_up(runtime: Runtime) -> asyncio.Task[None]:
     return asyncio.create_task(warm_up(runtime), name="warm-up")
+
+
+def start_following_app_refreshes(runtime: Runtime) -> asyncio.Task[None] | None:
+    """The background task that follows the original app's Refresh button (sync/app_refresh),
+    unless APP_REFRESH_FOLLOW_SECONDS is 0."""
+    interval = runtime.settings.app_refresh_follow_seconds
+    if interval <= 0:
+        return None
+    return asyncio.create_task(follow(runtime.sync, interval), name="app-refresh")
 
 
 async def stop_warm_up(task: asyncio.Task[None], *, grace: float = 2.0) -> None:

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     lease_backend: Literal["advisory", "table"] = "advisory"
     gitlab_down_threshold: int = Field(3, ge=1)
     gitlab_down_retry_after_seconds: int = Field(120, ge=1)
+    # GitLab requests in a row that could not connect at all (refused, DNS, TLS), each after
+    # its retries, across users and projects: the instance is unreachable, the run stops.
+    gitlab_unreachable_threshold: int = Field(5, ge=1)
 
     # --- access loss and deletions (README: "Access and deletions") --------------------
     # A refused project is confirmed lost on two runs at least this far apart (0: next run).
@@ -103,6 +106,9 @@ class Settings(BaseSettings):
     # A reconciliation removing more than this (or more than half of a project's events)
     # waits for the next reconciliation to find exactly the same.
     reconcile_max_removals: int = Field(1000, ge=1)
+    # How often `serve` looks for the original app's Refresh button (a LastSync it moved)
+    # and syncs that user at once, on the app's newest schema (0: never).
+    app_refresh_follow_seconds: float = Field(15.0, ge=0)
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"

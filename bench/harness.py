@@ -56,9 +56,13 @@ class Bench:
         baseline: bool,
         log_dir: Path,
         reconcile: bool = False,
+        schema: str = "story",
     ) -> None:
         self.sc = sc
         self.db = db
+        # "newest": a database built from the newest original app's schema (threads).
+        self.schema = schema
+        self.threads = schema == "newest"
         self.warm = warm
         self.baseline = baseline
         self.reconcile = reconcile
@@ -94,9 +98,8 @@ class Bench:
     def fetch_truths(self, sim: Simulator) -> dict[str, ProjectTruth]:
         out = {}
         for p in self.projects:
-            r = sim.http.get(
-                "/_sim/expected", params={"username": self.username, "project_id": p["id"]}
-            )
+            params = {"username": self.username, "project_id": p["id"], "newest": self.threads}
+            r = sim.http.get("/_sim/expected", params=params)
             r.raise_for_status()
             out[str(p["id"])] = project_truth(r.json())
         return out
@@ -241,7 +244,7 @@ class Bench:
             sim.set_latency(sc.latency_ms)
             base_db = Database(self.db, sc.name + "_base") if self.baseline else None
             with (
-                running(Database(self.db, sc.name)) as db,
+                running(Database(self.db, sc.name, self.schema)) as db,
                 running(base_db) if base_db else nullcontext() as bdb,
             ):
                 asyncio.run(seed(db.url, self.seed_users))
@@ -257,17 +260,17 @@ class Bench:
             return scale_out_phases(self, sim, db)  # fleet: no baseline (see bench/fleet.py)
         users = sc.users
         if sc.mutate_fraction:
-            cold_min = minimum_requests(self.truths, users, None)
+            cold_min = minimum_requests(self.truths, users, None, threads=self.threads)
             with running(Service(sc, db.url, sim.url, self.log_dir)) as svc:
                 self.measure_service(sim, svc, db, "setup", cold_min)
             if bdb is not None:
                 self.measure_baseline(sim, bdb, "setup", cold_min)
             changed = self.mutate(sim)
             self.truths = self.fetch_truths(sim)  # new comments are expected too
-            first = minimum_requests(self.truths, users, changed)
+            first = minimum_requests(self.truths, users, changed, threads=self.threads)
         else:
-            first = minimum_requests(self.truths, users, None)
-        idle = minimum_requests(self.truths, users, {})
+            first = minimum_requests(self.truths, users, None, threads=self.threads)
+        idle = minimum_requests(self.truths, users, {}, threads=self.threads)
         with running(Service(sc, db.url, sim.url, self.log_dir)) as svc:
             self.measure_service(sim, svc, db, "cold", first)
             if self.warm:
@@ -293,6 +296,7 @@ class Bench:
             "scenario": sc.name,
             "description": sc.description,
             "db": self.db,
+            "schema": self.schema,
             "parameters": {
                 "users": sc.users,
                 "projects_per_user": len(self.projects),
@@ -363,7 +367,8 @@ def table(result: dict[str, Any]) -> str:
         "CPU s  ms/req (svc / sim)   bound s  x bound  x faster  complete  reconcile req"
     )
     lines = [
-        f"{result['scenario']} ({result['db']}): {result['description']}; "
+        f"{result['scenario']} ({result['db']}, {result.get('schema', 'story')} schema): "
+        f"{result['description']}; "
         f"L={result['parameters']['latency_ms']} ms, u={result['parameters']['poll_concurrency']}"
         f", c={result['parameters']['user_concurrency']}"
         f", cap={result['parameters'].get('max_in_flight', '-')}",
@@ -392,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("scenario", choices=[*SCENARIOS, "all"])
     ap.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    ap.add_argument(
+        "--schema",
+        choices=["story", "newest"],
+        default="story",
+        help="the original app's schema to sync into: story 3.5's (default) or its newest "
+        "(work items, threads, people; PostgreSQL only)",
+    )
     ap.add_argument("--warm", action="store_true", help="also run the warm poll (see above)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the original algorithm")
     ap.add_argument(
@@ -421,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="gi_bench_logs_") as logs:
             try:
                 bench = Bench(
-                    sc, args.db, args.warm, not args.no_baseline, Path(logs), args.reconcile
+                    sc,
+                    args.db,
+                    args.warm,
+                    not args.no_baseline,
+                    Path(logs),
+                    args.reconcile,
+                    args.schema,
                 )
                 result = bench.run()
             except Exception:
@@ -436,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         suffix = ("" if args.db == "postgres" else f"-{args.db}") + (
             f"-{args.tag}" if args.tag else ""
         )
+        if args.schema != "story":
+            suffix += f"-{args.schema}"
         (args.out / f"{name}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -13,7 +13,10 @@ from app.db.models import Account, MonitoredProject, User, new_id, utcnow
 PER_PAGE = 100  # the service's GITLAB_PER_PAGE default and GitLab's maximum
 
 _LIST = re.compile(r"^/api/v4/projects/([^/]+)/(issues|merge_requests)$")
-_NOTES = re.compile(r"^/api/v4/projects/([^/]+)/(issues|merge_requests)/(\d+)/notes$")
+# Notes (story schema) or threads (newest schema) of one item: both follow its listing page.
+_NOTES = re.compile(
+    r"^/api/v4/projects/([^/]+)/(issues|merge_requests)/(\d+)/(?:notes|discussions)$"
+)
 _ITEM_URL = re.compile(r"/-/(issues|merge_requests)/(\d+)#note_\d+$")
 
 
@@ -141,18 +144,24 @@ def minimum_requests(
     truths: dict[str, ProjectTruth],
     users: int,
     changed: dict[str, set[tuple[str, int]]] | None,
+    *,
+    threads: bool = False,
 ) -> int:
     """Pages of issues + pages of MRs + one notes request per item with user notes, for each
-    user and project; `changed` (incremental/warm): only those items, {} = nothing changed."""
+    user and project; `changed` (incremental/warm): only those items, {} = nothing changed.
+    `threads` (the newest app's schema): one Discussions request per listed item instead, for
+    every item has its threads read whole (the bench's items have far fewer than 100)."""
     per_user = 0
     for pid, t in truths.items():
+        items = {("issues", i) for i in t.issues} | {("merge_requests", i) for i in t.mrs}
         if changed is None:
-            per_user += pages(len(t.issues)) + pages(len(t.mrs)) + len(t.noted)
+            per_user += pages(len(t.issues)) + pages(len(t.mrs))
+            per_user += len(items) if threads else len(t.noted)
         else:
             c = changed.get(pid, set())
             per_user += pages(sum(1 for k, _ in c if k == "issues"))
             per_user += pages(sum(1 for k, _ in c if k == "merge_requests"))
-            per_user += len(c & t.noted)
+            per_user += len(c & items) if threads else len(c & t.noted)
     return per_user * users
 
 

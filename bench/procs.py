@@ -130,11 +130,16 @@ class Simulator:
             self._log.close()
 
 
+NEWEST_SCHEMA = Path(__file__).parent.parent / "tests" / "fixtures" / "newest_schema.sql"
+
+
 class Database:
     """A fresh, migrated database: PostgreSQL (CREATE/DROP DATABASE) or a SQLite file."""
 
-    def __init__(self, kind: str, label: str) -> None:
+    def __init__(self, kind: str, label: str, schema: str = "story") -> None:
         self.kind = kind
+        # "newest": built from the newest original app's own schema, then adopted.
+        self.schema = schema
         self.name = f"gi_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
         self._dir: str | None = None
         if kind == "postgres":
@@ -153,9 +158,22 @@ class Database:
         finally:
             await conn.close()
 
+    async def _load_newest_schema(self) -> None:
+        import asyncpg
+
+        if self.kind != "postgres":
+            raise SystemExit("--schema newest needs PostgreSQL (the newest app runs on it)")
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(NEWEST_SCHEMA.read_text())
+        finally:
+            await conn.close()
+
     def create(self) -> Database:
         if self.kind == "postgres":
             asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        if self.schema == "newest":
+            asyncio.run(self._load_newest_schema())
         env = {**os.environ, "DATABASE_URL": self.url, "LOG_LEVEL": "WARNING"}
         subprocess.run([CLI, "migrate"], env=env, check=True, capture_output=True)
         return self

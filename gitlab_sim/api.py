@@ -300,6 +300,16 @@ async def merge_request_notes(ref: str, iid: int, request: Request) -> Response:
     return _notes(request, ref, "merge_request", iid)
 
 
+@router.get("/api/v4/projects/{ref:path}/issues/{iid:int}/discussions")
+async def issue_discussions(ref: str, iid: int, request: Request) -> Response:
+    return _discussions(request, ref, "issue", iid)
+
+
+@router.get("/api/v4/projects/{ref:path}/merge_requests/{iid:int}/discussions")
+async def merge_request_discussions(ref: str, iid: int, request: Request) -> Response:
+    return _discussions(request, ref, "merge_request", iid)
+
+
 @router.get("/api/v4/projects/{ref:path}/issues/{iid:int}")
 async def get_issue(ref: str, iid: int, request: Request) -> JSONResponse:
     return _single(request, ref, "issue", iid)
@@ -371,7 +381,7 @@ def _list_items(request: Request, ref: str, kind: ItemKind) -> Response:
         if scope == "created_by_me":
             rows = [i for i in rows if i.author_id == user.id]
         elif scope == "assigned_to_me":
-            rows = []  # nobody is assigned anything in the simulator
+            rows = [i for i in rows if user.id in i.assignee_ids]
 
         if q.get("pagination") == "keyset":
             if kind != "issue":
@@ -443,6 +453,24 @@ def _notes(request: Request, ref: str, kind: ItemKind, iid: int) -> Response:
     return Response(body, headers=headers, media_type="application/json")
 
 
+def _discussions(request: Request, ref: str, kind: ItemKind, iid: int) -> Response:
+    """An item's threads, paginated by thread (oldest first, as GitLab); notes the user may
+    not read are dropped after the page is cut, and a thread left empty with them."""
+    world = _world(request)
+    q = dict(request.query_params)
+    with world.lock:
+        user = authenticate(request)
+        p = _visible_project(world, ref, user)
+        it = _visible_item(world, p, kind, iid, user)
+        page, per_page = _page_params(q)
+        page_rows, headers = offset_paginate(
+            request, it.discussions(), desc=False, page=page, per_page=per_page
+        )
+        visible = [[n for n in t if world.can_see_note(p, n, user)] for t in page_rows]
+        body = render.discussions_json(world, p, (t for t in visible if t))
+    return Response(body, headers=headers, media_type="application/json")
+
+
 # --- the listings' fast path ---------------------------------------------------------
 # The routes a sync calls thousands of times, matched in the router's order (the same
 # patterns as the `{ref:path}` routes above) and answered without FastAPI's routing and
@@ -455,6 +483,14 @@ _FAST_ROUTES: list[tuple[re.Pattern[str], Callable[..., Response] | None]] = [
     (
         re.compile(r"^/api/v4/projects/(?P<ref>.*)/merge_requests/(?P<iid>[0-9]+)/notes$"),
         lambda request, ref, iid: _notes(request, ref, "merge_request", int(iid)),
+    ),
+    (
+        re.compile(r"^/api/v4/projects/(?P<ref>.*)/issues/(?P<iid>[0-9]+)/discussions$"),
+        lambda request, ref, iid: _discussions(request, ref, "issue", int(iid)),
+    ),
+    (
+        re.compile(r"^/api/v4/projects/(?P<ref>.*)/merge_requests/(?P<iid>[0-9]+)/discussions$"),
+        lambda request, ref, iid: _discussions(request, ref, "merge_request", int(iid)),
     ),
     (re.compile(r"^/api/v4/projects/(?P<ref>.*)/issues/[0-9]+$"), None),
     (re.compile(r"^/api/v4/projects/(?P<ref>.*)/merge_requests/[0-9]+$"), None),

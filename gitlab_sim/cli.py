@@ -14,6 +14,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="A local GitLab API simulator for tests, the benchmark and the demo.",
+    # As gitlab-insights: -h works on every command, flags read as flags in plain help.
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
 )
 
 

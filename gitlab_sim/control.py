@@ -52,6 +52,7 @@ class ItemIn(_Body):
     author: int | str | None = None
     state: str = "opened"
     confidential: bool = False
+    assignees: list[int | str] = []
 
 
 class ItemPatch(_Body):
@@ -60,6 +61,7 @@ class ItemPatch(_Body):
     labels: list[str] | None = None
     state: str | None = None
     confidential: bool | None = None
+    assignees: list[int | str] | None = None
 
 
 class NoteIn(_Body):
@@ -67,6 +69,14 @@ class NoteIn(_Body):
     author: int | str | None = None
     system: bool = False
     internal: bool = False
+    # Start a (resolvable) thread, or reply in the thread of that note.
+    thread: bool = False
+    reply_to: int | None = None
+
+
+class ResolveIn(_Body):
+    resolved: bool = True
+    by: int | str | None = None
 
 
 class NotePatch(_Body):
@@ -237,9 +247,19 @@ async def add_note(
         author=body.author,
         system=body.system,
         internal=body.internal,
+        thread=body.thread,
+        reply_to=body.reply_to,
     )
     with world.lock:
         return render.note(world, world.project(pid), n)
+
+
+@router.post("/notes/{note_id}/resolve")
+async def resolve_thread(note_id: int, body: ResolveIn, request: Request) -> dict[str, Any]:
+    """Resolve (or, with resolved=false, reopen) the thread of a note."""
+    world = _world(request)
+    notes = world.resolve_thread(note_id, resolved=body.resolved, by=body.by)
+    return {"resolved": body.resolved, "notes": [n.id for n in notes]}
 
 
 @router.patch("/notes/{note_id}")
@@ -277,9 +297,12 @@ async def revoke_token(body: TokenRef, request: Request) -> dict[str, str]:
 # --- oracle, log, faults, config --------------------------------------------------------
 @router.get("/expected")
 async def expected(
-    request: Request, username: str = Query(...), project_id: str = Query(...)
+    request: Request,
+    username: str = Query(...),
+    project_id: str = Query(...),
+    newest: bool = Query(False, description="as on the newest app's schema (system notes)"),
 ) -> list[dict[str, Any]]:
-    return expected_events(_world(request), username, project_id)
+    return expected_events(_world(request), username, project_id, newest=newest)
 
 
 @router.get("/requests")

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
+import shlex
 import signal
 import socket
 import sqlite3
@@ -31,6 +33,10 @@ EMAIL_DOMAIN = "demo.example"
 SIMULATOR_DATA = dict(seed=1, users=3, projects=4, issues=20, merge_requests=10, notes=3, days=30)
 # Seconds between new issues (each with a comment) in the simulator.
 ACTIVITY_EVERY = 20.0
+# The suggested refresh of one user comes seconds after the demo's own first poll, which a
+# service at the default MIN_REFRESH_INTERVAL_SECONDS (30) would skip as `fresh`: the demo
+# lets every refresh sync unless the environment says otherwise.
+DEMO_MIN_REFRESH_SECONDS = "0"
 
 
 def say(line: str = "") -> None:
@@ -117,7 +123,7 @@ class _Activity(threading.Thread):
 
 _RUN_COLUMNS = (
     "id, trigger, status_code, total, processed, failed, skipped, "
-    "events_stored, events_updated, error, started_at, finished_at"
+    "events_stored, events_updated, error, started_at, finished_at, skipped_reasons"
 )
 
 
@@ -161,8 +167,11 @@ class _RunWatcher(threading.Thread):
 
     @staticmethod
     def line(number: int, r: tuple[Any, ...], events: int) -> str:
+        from app.sync.results import skip_reasons_text
+
         (_id, trigger, code, total, processed, failed, skipped, stored, updated, error) = r[:10]
         started, finished = (_parse_time(t) for t in r[10:12])
+        why = skip_reasons_text(_parse_reasons(r[12]))
         took = (
             f" in {(finished - started).total_seconds() * 1000:.0f} ms"
             if started and finished
@@ -171,10 +180,20 @@ class _RunWatcher(threading.Thread):
         stamp = datetime.now().strftime("%H:%M:%S")
         text = (
             f"[{stamp}] poll #{number} ({trigger}, HTTP {code}): {processed} processed, "
-            f"{failed} failed, {skipped} skipped of {total} users; {stored} events stored, "
+            f"{failed} failed, {skipped} skipped{f' ({why})' if why else ''} of {total} users; "
+            f"{stored} events stored, "
             f"{updated} updated{took}; the Event table holds {events} rows"
         )
         return text + (f"; error: {error}" if error else "")
+
+
+def _parse_reasons(value: Any) -> dict[str, int] | None:
+    """poll_run.skipped_reasons as SQLite keeps it: JSON text (NULL while running)."""
+    try:
+        reasons = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return None
+    return reasons if isinstance(reasons, dict) else None
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -186,29 +205,42 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
+def _refresh_note(seconds: float) -> str:
+    """Why the suggested refresh may answer `skipped 1 (fresh)`, or why it will not."""
+    from app.settings import Settings
+
+    default = Settings.model_fields["min_refresh_interval_seconds"].default
+    if seconds <= 0:
+        return (
+            "  (it always syncs: the demo sets MIN_REFRESH_INTERVAL_SECONDS=0; a service "
+            f"skips a user synced in the last {default:g} s as fresh, by default)"
+        )
+    return (
+        f"  (a user synced in the last {seconds:g} s is skipped as fresh: "
+        "MIN_REFRESH_INTERVAL_SECONDS)"
+    )
+
+
+def _cli_line(db_url: str, gitlab_url: str, command: str) -> str:
+    """`gitlab-insights <command>` aimed at the demo's database and simulator, ready to paste
+    in another terminal in any folder (without them it would make ./gitlab-insights.db)."""
+    script = Path(sys.executable).parent / "gitlab-insights"  # the venv's, next to Python
+    program = (
+        shlex.quote(str(script))
+        if script.is_file()
+        else f"{shlex.quote(sys.executable)} -m app.cli"
+    )
+    return (
+        f"DATABASE_URL={shlex.quote(db_url)} GITLAB_INSTANCE_URL={shlex.quote(gitlab_url)} "
+        f"{program} {command}"
+    )
+
+
 def _report_failed_call(r: Any) -> None:
     """The built-in scheduler's calls that got no answer at all (no run was recorded)."""
     if not r.ok and not r.summary:
         stamp = datetime.now().strftime("%H:%M:%S")
         say(f"[{stamp}] scheduler call #{r.number} FAILED after {r.attempts} attempt(s): {r.error}")
-
-
-def _service_app(settings: Any) -> Any:
-    """The service's app, built without the Inngest part's start-up lines.
-
-    The demo's signing key (for the built-in scheduler) also switches on /api/inngest, which
-    would warn that INNGEST_EVENT_KEY is not set: the demo does not use Inngest, so nothing
-    it needs is missing. Only the building of the app is silenced; later lines show.
-    """
-    from loguru import logger
-
-    from app.main import create_app
-
-    logger.disable("app.jobs")
-    try:
-        return create_app(settings)
-    finally:
-        logger.enable("app.jobs")
 
 
 def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * * *") -> int:
@@ -238,6 +270,9 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
             inngest_signing_key_fallback=None,
             inngest_polling_cron=cron,
             allow_unsigned_polls=False,
+            min_refresh_interval_seconds=os.environ.get(
+                "MIN_REFRESH_INTERVAL_SECONDS", DEMO_MIN_REFRESH_SECONDS
+            ),
             # The demo's own lines are the show; logs only for warnings, unless asked for.
             log_level=os.environ.get("LOG_LEVEL", "WARNING"),
             log_format=os.environ.get("LOG_FORMAT", "pretty"),
@@ -272,6 +307,9 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
                 f"  curl -sS -X POST {base}/api/poll -H 'Authorization: Bearer {key}' "
                 f"-H 'Content-Type: application/json' -d '{{\"user_ids\": [\"{users[0][1]}\"]}}'"
             )
+            say(_refresh_note(settings.min_refresh_interval_seconds))
+            say("the command line on this demo (another terminal; also runs, status, users list):")
+            say("  " + _cli_line(db_url, sim.url, "poll"))
             say("Ctrl-C to stop.")
 
         options = RunnerOptions(
@@ -281,9 +319,7 @@ def run_demo(*, port: int = 8000, directory: str = "./demo", cron: str = "* * * 
             graceful_shutdown_seconds=5,
         )
         try:
-            server = build_server(
-                settings, host="127.0.0.1", port=port, options=options, app=_service_app(settings)
-            )
+            server = build_server(settings, host="127.0.0.1", port=port, options=options)
         except SchedulerStartError as exc:
             raise DemoError(str(exc)) from None
         try:

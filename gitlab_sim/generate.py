@@ -3,7 +3,12 @@
 Shapes chosen to trip a naive client: nested project paths, private and public projects,
 users sharing projects, confidential issues (some by non-members of public projects),
 internal and system notes, null descriptions and avatars, unicode, labels with commas,
-notes whose first line is long or padded, and MRs in every state.
+notes whose first line is long or padded, and MRs in every state; threads with replies,
+resolved and open, assignees, and `#N`/`!N` references ("Fixes #2").
+
+Threads and assignees are drawn from a second random stream, after everything else: the
+first stream's draws, and so the items, notes and their times, are those of the worlds
+built before threads existed (the benchmark's figures stay comparable across versions).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ _NOUNS = [
 ]
 _DESCRIPTIONS = [
     "Steps to reproduce:\n1. Open the page\n2. Click *Save*\n\nExpected: it saves.",
-    "Omnis vero earum sunt corporis dolor et placeat.",
+    "Fixes #2. Omnis vero earum sunt corporis dolor et placeat.",
     "Ça ne marche pas avec les caractères accentués — voir la capture.",
     "```python\nprint('hello')\n```\nThe snippet above fails on 3.12.",
     "Related to #1 and !2. /cc @user1",
@@ -77,7 +82,7 @@ _NOTE_BODIES = [
     "@user2 could you take a look?",
     "I pushed a fix in 3f2a1b, please re-test.",
     "Ещё один комментарий с юникодом.",
-    "Needs a rebase, then ready.",
+    "Needs a rebase (see #3), then ready.",
 ]
 _SYSTEM_BODIES = [
     "added ~bug label",
@@ -193,9 +198,38 @@ def generate_world(
     world._reserve_ids("issue", next_id["issue"] - 1)
     world._reserve_ids("merge_request", next_id["merge_request"] - 1)
     world._reserve_ids("note", len(all_notes))
+    _threads_and_assignees(world, random.Random(seed * 7919 + 1), all_items)
     # From here on the world runs on the real clock again.
     world.clock_offset_ms = 0
     return world
+
+
+def _threads_and_assignees(world: World, rng: random.Random, items: list[Item]) -> None:
+    """Assignees among the project's members; notes grouped into threads: some replies to
+    an earlier comment, some standalone comments started as threads (resolvable), half of
+    the threads resolved by the item's author."""
+    for it in items:
+        members = sorted(world.projects[it.project_id].members)
+        if members and rng.random() < 0.5:
+            it.assignee_ids = rng.sample(members, min(len(members), rng.randint(1, 2)))
+        threads: list[list[Note]] = []
+        for n in sorted(it.notes, key=lambda n: (n.created_ms, n.id)):
+            comments = [t for t in threads if not t[0].system]
+            if not n.system and comments and rng.random() < 0.3:
+                thread = rng.choice(comments)
+                thread.append(n)
+                for m in thread:
+                    m.individual = False
+                n.discussion_id = thread[0].discussion_id
+                continue
+            n.discussion_id = world.new_discussion_id()
+            n.individual = n.system or rng.random() >= 0.2
+            threads.append([n])
+        for thread in threads:
+            if not thread[0].individual and rng.random() < 0.5:
+                for m in thread:
+                    m.resolved, m.resolved_by = True, it.author_id
+                    m.resolved_ms = thread[-1].created_ms
 
 
 def _make_item(

@@ -90,8 +90,8 @@ def item(world: World, p: Project, it: Item) -> dict[str, Any]:
         "labels": list(it.labels),
         "milestone": None,
         "author": author,
-        "assignees": [],
-        "assignee": None,
+        "assignees": [user_ref(base, world.users[a]) for a in it.assignee_ids],
+        "assignee": user_ref(base, world.users[it.assignee_ids[0]]) if it.assignee_ids else None,
         "upvotes": 0,
         "downvotes": 0,
         "user_notes_count": it.user_notes_count,
@@ -157,9 +157,9 @@ def item(world: World, p: Project, it: Item) -> dict[str, Any]:
 
 def note(world: World, p: Project, n: Note) -> dict[str, Any]:
     parent = n.parent
-    return {
+    d: dict[str, Any] = {
         "id": n.id,
-        "type": None,
+        "type": None if n.individual else "DiscussionNote",
         "body": n.body,
         "attachment": None,
         "author": user_ref(world.base_url, world.users[n.author_id]),
@@ -170,11 +170,29 @@ def note(world: World, p: Project, n: Note) -> dict[str, Any]:
         "noteable_type": "Issue" if parent.kind == "issue" else "MergeRequest",
         "project_id": p.id,
         "noteable_iid": parent.iid,
-        "resolvable": False,
+        "resolvable": n.resolvable,
         "confidential": n.internal,
         "internal": n.internal,
         "imported": False,
         "imported_from": "none",
+    }
+    if n.resolvable:  # GitLab adds these to resolvable notes only
+        d.update(
+            resolved=n.resolved,
+            resolved_by=None
+            if n.resolved_by is None
+            else user_ref(world.base_url, world.users[n.resolved_by]),
+            resolved_at=None if n.resolved_ms is None else iso_ms(n.resolved_ms),
+        )
+    return d
+
+
+def discussion(world: World, p: Project, notes: list[Note]) -> dict[str, Any]:
+    """One thread as the Discussions API renders it (the caller passes its visible notes)."""
+    return {
+        "id": notes[0].discussion_id,
+        "individual_note": notes[0].individual,
+        "notes": [note(world, p, n) for n in notes],
     }
 
 
@@ -199,11 +217,12 @@ def _item_state(world: World, it: Item) -> tuple[Any, ...]:
         it.merged_ms,
         it.confidential,
         it.user_notes_count,
+        tuple(it.assignee_ids),
     )
 
 
 def _note_state(world: World, n: Note) -> tuple[Any, ...]:
-    return (world.base_url, n.body, n.updated_ms, n.system, n.internal)
+    return (world.base_url, n.body, n.updated_ms, n.system, n.internal, n.individual, n.resolved)
 
 
 def _cached(world: World, key: tuple[str, int], state: tuple[Any, ...], build: Any) -> bytes:
@@ -230,6 +249,19 @@ def notes_json(world: World, p: Project, notes: Iterable[Note]) -> bytes:
         _cached(world, ("note", n.id), _note_state(world, n), lambda n=n: note(world, p, n))
         for n in notes
     ]
+    return b"[" + b",".join(parts) + b"]"
+
+
+def discussions_json(world: World, p: Project, threads: Iterable[list[Note]]) -> bytes:
+    """A JSON array of threads, each note's rendering taken from the notes' cache."""
+    parts = []
+    for notes in threads:
+        rendered = [
+            _cached(world, ("note", n.id), _note_state(world, n), lambda n=n: note(world, p, n))
+            for n in notes
+        ]
+        head = _dumps({"id": notes[0].discussion_id, "individual_note": notes[0].individual})
+        parts.append(head[:-1] + b',"notes":[' + b",".join(rendered) + b"]}")
     return b"[" + b",".join(parts) + b"]"
 
 

@@ -13,6 +13,11 @@ _SECRET_PARAMS = {"private_token", "access_token", "refresh_token", "client_secr
 _KINDS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^/api/v4/projects/.+/issues/\d+/notes(/\d+)?$"), "issue_notes"),
     (re.compile(r"^/api/v4/projects/.+/merge_requests/\d+/notes(/\d+)?$"), "merge_request_notes"),
+    (re.compile(r"^/api/v4/projects/.+/issues/\d+/discussions$"), "issue_discussions"),
+    (
+        re.compile(r"^/api/v4/projects/.+/merge_requests/\d+/discussions$"),
+        "merge_request_discussions",
+    ),
     (re.compile(r"^/api/v4/projects/.+/issues(/\d+)?$"), "issues"),
     (re.compile(r"^/api/v4/projects/.+/merge_requests(/\d+)?$"), "merge_requests"),
     (re.compile(r"^/api/v4/projects(/[^/]+)?$"), "projects"),

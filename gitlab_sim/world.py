@@ -7,6 +7,7 @@ cheap to compare and bisect, rendered as GitLab's `2024-05-01T10:00:00.123Z` on 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 import threading
@@ -74,6 +75,18 @@ class Note:
     system: bool
     internal: bool
     parent: Item
+    # Its thread (the Discussions API's id, 40 hex). A standalone note is a thread of its
+    # own (`individual`); replying to it turns that into a thread, as in GitLab.
+    discussion_id: str = ""
+    individual: bool = True
+    resolved: bool = False
+    resolved_by: int | None = None
+    resolved_ms: int | None = None
+
+    @property
+    def resolvable(self) -> bool:
+        """Notes of threads (not standalone notes, not system notes) can be resolved."""
+        return not self.individual and not self.system
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +108,14 @@ class Item:
     moved_to_id: int | None = None  # an issue moved to another project (kept, closed)
     notes: list[Note] = field(default_factory=list)
     user_notes_count: int = 0  # non-system notes, kept in step with `notes`
+    assignee_ids: list[int] = field(default_factory=list)
+
+    def discussions(self) -> list[list[Note]]:
+        """The item's threads in GitLab's order (by their first note), notes oldest first."""
+        threads: dict[str, list[Note]] = {}
+        for n in sorted(self.notes, key=lambda n: (n.created_ms, n.id)):
+            threads.setdefault(n.discussion_id or f"note-{n.id}", []).append(n)
+        return list(threads.values())
 
 
 class ItemIndex:
@@ -254,7 +275,14 @@ class World:
         # Rendered JSON of items and notes (gitlab_sim.render.json_array): a bench must
         # measure the service, not the simulator re-encoding unchanged items on every page.
         self.rendered: dict[tuple[str, int], tuple[tuple[Any, ...], bytes]] = {}
-        self._next_id = {"user": 1, "project": 1, "issue": 1, "merge_request": 1, "note": 1}
+        self._next_id = {
+            "user": 1,
+            "project": 1,
+            "issue": 1,
+            "merge_request": 1,
+            "note": 1,
+            "discussion": 1,
+        }
         # Tokens made at run time are random unless a seed asks for reproducible ones.
         self._token_rng = random.Random(token_seed) if token_seed is not None else None
 
@@ -273,6 +301,11 @@ class World:
         n = self._next_id[kind]
         self._next_id[kind] = n + 1
         return n
+
+    def new_discussion_id(self) -> str:
+        """A thread id shaped like GitLab's (40 hex digits), reproducible per world."""
+        n = self._take_id("discussion")
+        return hashlib.sha1(f"discussion-{n}".encode(), usedforsecurity=False).hexdigest()
 
     def _reserve_ids(self, kind: str, up_to: int) -> None:
         self._next_id[kind] = max(self._next_id[kind], up_to + 1)
@@ -512,6 +545,7 @@ class World:
         author: int | str | None = None,
         state: str = "opened",
         confidential: bool = False,
+        assignees: Sequence[int | str] = (),
     ) -> Item:
         with self.lock:
             p = self.project(project_ref)
@@ -538,6 +572,7 @@ class World:
                 confidential=confidential and kind == "issue",
                 closed_ms=now if state == "closed" else None,
                 merged_ms=now if state == "merged" else None,
+                assignee_ids=[self.user(a).id for a in assignees],
             )
             idx.add(it)
             return it
@@ -561,10 +596,11 @@ class World:
         labels: Sequence[str] | None = None,
         state: str | None = None,
         confidential: bool | None = None,
+        assignees: Sequence[int | str] | None = None,
         system_notes: bool = True,
     ) -> Item:
-        """Edit an issue/MR; updated_at = now. Label and state changes leave system notes,
-        as GitLab does."""
+        """Edit an issue/MR; updated_at = now. Label, state, assignee and description
+        changes leave system notes, as GitLab does."""
         with self.lock:
             p = self.project(project_ref)
             it = self.item(p.id, kind, iid)
@@ -572,8 +608,9 @@ class World:
             events: list[str] = []
             if title is not None:
                 it.title = title
-            if description is not World._UNSET:
+            if description is not World._UNSET and description != it.description:
                 it.description = description
+                events.append("changed the description")
             if labels is not None:
                 added = [x for x in labels if x not in it.labels]
                 removed = [x for x in it.labels if x not in labels]
@@ -590,6 +627,17 @@ class World:
                 if state == "merged":
                     it.merged_ms = now
                 events.append({"closed": "closed", "merged": "merged"}.get(state, "reopened"))
+            if assignees is not None:
+                ids = [self.user(a).id for a in assignees]
+                added_ids = [i for i in ids if i not in it.assignee_ids]
+                removed_ids = [i for i in it.assignee_ids if i not in ids]
+                if added_ids:
+                    names = " ".join(f"@{self.users[i].username}" for i in added_ids)
+                    events.append(f"assigned to {names}")
+                if removed_ids:
+                    names = " ".join(f"@{self.users[i].username}" for i in removed_ids)
+                    events.append(f"unassigned {names}")
+                it.assignee_ids = ids
             if confidential is not None and kind == "issue" and confidential != it.confidential:
                 it.confidential = confidential
                 events.append(
@@ -673,13 +721,57 @@ class World:
         author: int | str | None = None,
         system: bool = False,
         internal: bool = False,
+        thread: bool = False,
+        reply_to: int | None = None,
     ) -> Note:
+        """A note on an issue/MR. `thread`: it starts a thread (resolvable, as a review
+        comment); `reply_to`: a reply in that note's thread (a standalone note replied to
+        becomes a thread)."""
         with self.lock:
             it = self.item(project_ref, kind, iid)
             author_id = it.author_id if author is None else self.user(author).id
-            note = self._append_note(it, body, author_id, system=system, internal=internal)
+            discussion: str | None = None
+            if reply_to is not None:
+                first = self.note(reply_to)
+                if first.parent is not it:
+                    raise SimError(f"note {reply_to} is not on this {kind}", 400)
+                discussion = first.discussion_id
+                for n in it.notes:  # the thread is no longer a standalone note
+                    if n.discussion_id == discussion:
+                        n.individual = False
+            note = self._append_note(
+                it,
+                body,
+                author_id,
+                system=system,
+                internal=internal,
+                discussion_id=discussion,
+                individual=not (thread or reply_to is not None) or system,
+            )
             self._throttled_touch(it)
             return note
+
+    def resolve_thread(
+        self, note_id: int, *, resolved: bool = True, by: int | str | None = None
+    ) -> list[Note]:
+        """Resolve (or reopen) the thread of `note_id`: every resolvable note of it. Saving
+        a note touches its issue/MR (ThrottledTouch), as any note update."""
+        with self.lock:
+            first = self.note(note_id)
+            if not first.resolvable:
+                raise SimError(f"note {note_id} is not in a resolvable thread", 400)
+            it = first.parent
+            now = self.now_ms()
+            who = it.author_id if by is None else self.user(by).id
+            changed = [n for n in it.notes if n.discussion_id == first.discussion_id]
+            for n in changed:
+                if n.resolvable:
+                    n.resolved = resolved
+                    n.resolved_by = who if resolved else None
+                    n.resolved_ms = now if resolved else None
+                    n.updated_ms = now
+            self._throttled_touch(it)
+            return changed
 
     def edit_note(self, note_id: int, body: str) -> Note:
         with self.lock:
@@ -690,10 +782,20 @@ class World:
             return n
 
     def _append_note(
-        self, it: Item, body: str, author_id: int, *, system: bool, internal: bool
+        self,
+        it: Item,
+        body: str,
+        author_id: int,
+        *,
+        system: bool,
+        internal: bool,
+        discussion_id: str | None = None,
+        individual: bool = True,
     ) -> Note:
         now = self.now_ms()
         n = Note(self._take_id("note"), body, author_id, now, now, system, internal, it)
+        n.discussion_id = discussion_id or self.new_discussion_id()
+        n.individual = individual
         it.notes.append(n)
         if not system:
             it.user_notes_count += 1

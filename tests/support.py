@@ -7,7 +7,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import sqlalchemy as sa
@@ -17,7 +19,7 @@ from app.db import repository as repo
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Event
 from app.settings import Settings, load_settings
-from gitlab_sim.expected import expected_events
+from gitlab_sim.expected import expected_events, expected_people, expected_work_items
 from gitlab_sim.server import SimulatorServer
 from gitlab_sim.world import iso_ms
 
@@ -209,17 +211,21 @@ def query(db_url: str, sql: str, **params: Any) -> list[tuple]:
 COMPARED = ("type", "title", "body", "author", "authorAvatar", "labels", "gitlabUrl")
 
 
-def truth(sim: SimulatorServer, username: str, project_ids: list[int]) -> dict[str, dict]:
+def truth(
+    sim: SimulatorServer, username: str, project_ids: list[int], *, newest: bool = False
+) -> dict[str, dict]:
+    """The story columns of every event the user should have; `newest`: as on the newest
+    app's schema (system notes, its comment titles, the GitLab project id in projectId)."""
     out: dict[str, dict] = {}
     for pid in project_ids:
         p = sim.world.project(pid)
-        for e in expected_events(sim.world, username, pid):
+        for e in expected_events(sim.world, username, pid, newest=newest):
             assert e["gitlabEventId"] not in out
             out[e["gitlabEventId"]] = {
                 **{k: e[k] for k in COMPARED},
                 "createdAt": e["createdAt"],
                 "project": p.name,
-                "projectId": p.path_with_namespace,
+                "projectId": str(p.id) if newest else p.path_with_namespace,
             }
     return out
 
@@ -238,8 +244,8 @@ def actual(db_url: str, user_id: str) -> dict[str, dict]:
     return out
 
 
-def assert_equal_truth(db_url, user_id, sim, username, pids) -> None:
-    want, got = truth(sim, username, pids), actual(db_url, user_id)
+def assert_equal_truth(db_url, user_id, sim, username, pids, *, newest: bool = False) -> None:
+    want, got = truth(sim, username, pids, newest=newest), actual(db_url, user_id)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     assert not missing, f"missing {len(missing)}: {missing[:5]}"
@@ -265,3 +271,104 @@ def oauth_overrides(sim: SimulatorServer) -> dict[str, str]:
 
 def oauth_settings(db_url: str, sim: SimulatorServer, **overrides: Any) -> Settings:
     return make_settings(db_url, sim.url, **oauth_overrides(sim), **overrides)
+
+
+# --- the newest app's schema (PostgreSQL) -------------------------------------------------------
+
+NEWEST_SCHEMA = (Path(__file__).parent / "fixtures" / "newest_schema.sql").read_text()
+WORK_ITEM_ARRAYS = ("labels", "assignees", "participants", "mentionedInIds", "closesIssueIds")
+
+
+def asyncpg_dsn(url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+
+
+async def pg_fetch(url: str, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def pg_script(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def newest_pg_database(extra_sql: str = "") -> str:
+    """A database built from the newest app's own schema (plus `extra_sql`), adopted by
+    `migrate`. Drop it with tests.conftest.drop_pg_database."""
+    from app.db.migrate import upgrade_to_head
+    from tests.conftest import new_pg_database
+
+    url = new_pg_database(migrated=False)
+    run(pg_script(url, NEWEST_SCHEMA + extra_sql))
+    upgrade_to_head(url)
+    return url
+
+
+async def pg_user_rows(url: str, user_id: str) -> dict[str, dict[str, Any]]:
+    rows = await pg_fetch(url, 'SELECT * FROM "Event" WHERE "userId" = $1', user_id)
+    out = {r["gitlabEventId"]: dict(r) for r in rows}
+    assert len(out) == len(rows), "duplicate event"
+    return out
+
+
+def assert_work_items(
+    url: str,
+    user_id: str,
+    sim: SimulatorServer,
+    username: str,
+    pids: list[int],
+    *,
+    kept: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Every row of the user on the newest app's schema equals what GitLab's data implies,
+    column by column: the story columns, the work-item columns of items, each comment linked
+    to the same user's item row; the user's "Person" rows are every visible author, plus
+    `kept` (usernames seen before: people are never deleted)."""
+    got = run(pg_user_rows(url, user_id))
+    want: dict[str, dict[str, Any]] = {}
+    for pid in pids:
+        want.update(expected_work_items(sim.world, username, pid))
+    story = truth(sim, username, pids, newest=True)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    assert not missing and not extra, (missing[:5], extra[:5])
+    for key, expected in want.items():
+        row = got[key]
+        for array in WORK_ITEM_ARRAYS:
+            assert row[array] is not None, (key, array)  # '{}', never NULL
+        stored = {k: row[k] for k in COMPARED if k != "labels"}
+        assert stored == {k: story[key][k] for k in COMPARED if k != "labels"}, key
+        assert list(row["labels"]) == story[key]["labels"], key
+        assert iso_ms(int(row["createdAt"].timestamp() * 1000)) == story[key]["createdAt"], key
+        if expected["type"] == "comment":
+            assert row["parentEventId"] == got[expected["parent"]]["id"], key
+            fields = ("parentType", "gitlabParentId", "discussionId", "isSystemNote")
+            fields += ("mentionedInIds", "title", "projectId")
+            assert {f: row[f] for f in fields} == {f: expected[f] for f in fields}, key
+            assert row["iid"] is None and row["status"] is None, key
+            assert row["lastActivityAt"] is None, key
+        else:
+            fields = ("iid", "status", "assignees", "participants", "commentCount")
+            fields += ("unresolvedCommentCount", "mentionedInIds", "closesIssueIds", "projectId")
+            assert {f: row[f] for f in fields} == {f: expected[f] for f in fields}, key
+            last = iso_ms(int(row["lastActivityAt"].timestamp() * 1000))
+            assert last == expected["lastActivityAt"], key
+            assert row["parentEventId"] is None and row["isSystemNote"] is False, key
+    sql = 'SELECT "gitlabId", username, name, "avatarUrl" FROM "Person" WHERE "userId" = $1'
+    people = {
+        p["gitlabId"]: {"username": p["username"], "name": p["name"], "avatarUrl": p["avatarUrl"]}
+        for p in run(pg_fetch(url, sql, user_id))
+    }
+    want_people = expected_people(sim.world, username, pids)
+    assert {k: people[k] for k in want_people if k in people} == want_people
+    assert {people[k]["username"] for k in set(people) - set(want_people)} == set(kept)

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.api.callers import caller_trigger
 from app.api.deps import (
     NO_RETRY_HEADERS,
     SettingsDep,
@@ -28,7 +29,7 @@ from app.api.errors import FieldError, error_response, error_responses, invalid_
 from app.api.openapi import SIGNED
 from app.sync.deps import SyncDeps
 from app.sync.poller import run_poll
-from app.sync.results import PollSummary, RunAuth
+from app.sync.results import PollSummary, RunAuth, example_unavailable
 from app.sync.shard import MAX_SHARDS, Shard
 
 router = APIRouter(tags=["poll"])
@@ -117,29 +118,11 @@ def _is_json(content_type: str | None) -> bool:
 
 POLL_503: dict[str, Any] = {
     "model": PollSummary,
-    "description": "The run could not run: database unreachable or GitLab down. The summary "
+    "description": "The run could not run: database unreachable, GitLab down or unreachable "
+    "(gitlab_unreachable: `detail` names the host and why). The summary "
     "with `error` (a code) and `detail`, the shared error shape; `Retry-After` says when to retry.",
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
-    "content": {
-        "application/json": {
-            "example": {
-                "success": False,
-                "processed": 0,
-                "failed": 0,
-                "skipped": 0,
-                "total": 0,
-                "skipped_reasons": {},
-                "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                "trigger": "scheduler",
-                "started_at": "2026-11-29T12:00:00.000Z",
-                "duration_ms": 4,
-                "events": {"stored": 0, "updated": 0},
-                "users": [],
-                "error": "database_unavailable",
-                "detail": "the database is unreachable; the run did not start",
-            }
-        }
-    },
+    "content": {"application/json": {"example": example_unavailable().model_dump(mode="json")}},
 }
 
 
@@ -275,7 +258,7 @@ async def _run(
     outcome = await run_poll(
         deps,
         user_ids=parsed.user_ids,
-        trigger=_trigger(request),
+        trigger=caller_trigger(request.headers, names_users=parsed.user_ids is not None),
         auth=auth,
         shard=parsed.shard_spec,
     )
@@ -283,17 +266,3 @@ async def _run(
     return JSONResponse(
         outcome.summary.model_dump(mode="json"), status_code=outcome.status_code, headers=headers
     )
-
-
-def _trigger(request: Request) -> str:
-    """A label for the run record, from what the (already authenticated) caller sends."""
-    h = request.headers
-    if h.get("x-gitlab-insights-trigger") == "scheduler":
-        return "scheduler"  # the built-in scheduler
-    if "x-cloudscheduler" in h:
-        return "cloud_scheduler"
-    if "x-inngest-signature" in h:
-        return "inngest"
-    if "vercel-cron" in h.get("user-agent", "").lower():
-        return "vercel_cron"
-    return "api"

@@ -15,6 +15,7 @@ from app.api.deps import get_sessionmaker, require_caller
 from app.api.errors import error_responses
 from app.api.openapi import SIGNED
 from app.db import repository as repo
+from app.sync.results import TRIGGER_DESCRIPTION, RunAuth, TriggerName, run_auth
 
 router = APIRouter(tags=["status"])
 
@@ -23,11 +24,11 @@ SessionmakerDep = Annotated[async_sessionmaker, Depends(get_sessionmaker)]
 
 class Run(BaseModel):
     run_id: str
-    trigger: str = Field(
-        description="Who started it: scheduler, cloud_scheduler, inngest, vercel_cron, api, cli"
-    )
-    auth: str | None = Field(
-        None, description="How the caller authenticated, when recorded (null otherwise)"
+    trigger: TriggerName = Field(description=TRIGGER_DESCRIPTION)
+    auth: RunAuth | None = Field(
+        None,
+        description="How the caller authenticated, as in the /api/poll answer; null for CLI "
+        "runs (and runs recorded before it was kept)",
     )
     started_at: datetime
     finished_at: datetime | None = Field(description="null while running, or if it crashed")
@@ -38,6 +39,11 @@ class Run(BaseModel):
     processed: int
     failed: int
     skipped: int
+    skipped_reasons: dict[str, int] | None = Field(
+        None,
+        description='Users skipped per reason, as /api/poll answers (e.g. {"fresh": 1}); '
+        "null while running and for runs recorded before this was kept",
+    )
     events_stored: int
     events_updated: int
     error: str | None = Field(description="Why the run could not run (503), else null")
@@ -76,7 +82,7 @@ def _run(r: repo.RunRecord) -> Run:
     return Run(
         run_id=r.id,
         trigger=r.trigger,
-        auth=r.auth,
+        auth=run_auth(r.auth_method, r.auth_email),
         started_at=r.started_at,
         finished_at=r.finished_at,
         duration_ms=duration,
@@ -86,6 +92,7 @@ def _run(r: repo.RunRecord) -> Run:
         processed=r.processed,
         failed=r.failed,
         skipped=r.skipped,
+        skipped_reasons=r.skipped_reasons,
         events_stored=r.events_stored,
         events_updated=r.events_updated,
         error=r.error,

@@ -16,6 +16,7 @@ from app.api.deps import get_sessionmaker, require_caller
 from app.api.errors import DATABASE_RETRY_AFTER_SECONDS, ErrorBody, error_responses
 from app.api.openapi import SIGNED
 from app.db import repository as repo
+from app.db.profile import Flavour
 from app.sync.results import RunAuth
 
 router = APIRouter()
@@ -28,6 +29,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class Ready(BaseModel):
+    status: str = "ok"
+    database: str = "ok"
+    schema_: Flavour = Field(
+        alias="schema",
+        description=(
+            "Which version of the original app's schema the database has: story (story "
+            "3.5's, also a database this service created), newest (work-item columns, comment "
+            "threads, Person), partial (some of those); see README, Adopting"
+        ),
+    )
+    schema_detail: str = Field(description="The flavour, and what a partial schema lacks")
+
+
 class NotReady(ErrorBody):
     status: str = "unavailable"
     database: str = Field(description="The class of the error the database raised")
@@ -38,6 +53,7 @@ class NotReady(ErrorBody):
     tags=["health"],
     summary="The database is reachable",
     responses={
+        200: {"model": Ready, "description": "Ready, with the schema flavour found"},
         503: {
             "model": NotReady,
             "description": "Database unreachable (with Retry-After)",
@@ -51,13 +67,14 @@ class NotReady(ErrorBody):
                     }
                 }
             },
-        }
+        },
     },
 )
 async def readyz(sessionmaker: SessionmakerDep) -> JSONResponse:
     try:
         async with sessionmaker() as s:
             await repo.ping(s)
+            profile = await repo.read_schema_profile(s)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         name = type(exc).__name__
         body = NotReady(
@@ -71,7 +88,8 @@ async def readyz(sessionmaker: SessionmakerDep) -> JSONResponse:
             status_code=503,
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
-    return JSONResponse({"status": "ok", "database": "ok"})
+    ready = Ready(schema=profile.flavour, schema_detail=profile.describe())
+    return JSONResponse(ready.model_dump(by_alias=True))
 
 
 class ProjectSyncStatus(BaseModel):

@@ -85,6 +85,10 @@ cli = typer.Typer(
     # --install-completion / --show-completion (bash, zsh, fish, PowerShell).
     add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
+    # Click's plain help: flags read as flags (`-V, --version`), where Typer's rich panels
+    # give every boolean flag a `<bool>` type as if it took a value; it also stays the same
+    # on a terminal and in a pipe. Sub-apps and commands inherit it.
+    rich_markup_mode=None,
 )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from app.cli.output import CLIError, database_error_message, fail
+from app.cli.output import USAGE_ERROR, CLIError, database_error_message, fail
 from app.settings import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def settings_or_exit(**overrides: object) -> Settings:
         settings = load_settings(**overrides)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE_ERROR) from None
     configure_logging(settings, stream="stderr")
     return settings
 

@@ -18,10 +18,22 @@ class CLIError(Exception):
     """A user-facing error: printed as one line by the command runner, exit code 1."""
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+# Exit codes: 1 the command ran and failed; 2 a usage error, as Click's own (a missing or
+# malformed option or argument, options that exclude each other, an unknown command) or a
+# bad setting: the command line or the configuration must change before anything can work.
+FAILED = 1
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = FAILED) -> NoReturn:
     """Print `error: message` on stderr and exit with `code` (no traceback, ever)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def usage_error(message: str) -> NoReturn:
+    """A bad option or argument found by the command itself: `error: message`, exit code 2."""
+    fail(message, code=USAGE_ERROR)
 
 
 def warn(message: str) -> None:
@@ -29,7 +41,7 @@ def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
-def fail_all(origin: str, problems: Sequence[str], code: int = 1) -> NoReturn:
+def fail_all(origin: str, problems: Sequence[str], code: int = FAILED) -> NoReturn:
     """Several problems of one input (a file), one line each."""
     for problem in problems:
         typer.echo(f"error: {origin}: {problem}", err=True)

@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, print_table, warn
+from app.cli.output import CLIError, fail, print_table, usage_error, warn
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
     from app.sync.poller import PollOutcome
-    from app.sync.results import PollSummary, UserResult
+    from app.sync.results import PollSummary, TriggerName, UserResult
 
-CLI_TRIGGER = "cli"
+CLI_TRIGGER: TriggerName = "cli"
+# The summary's error when the run found GitLab unreachable (sync/poller.py).
+GITLAB_UNREACHABLE = "gitlab_unreachable"
 
 
 class Progress:
@@ -149,6 +151,8 @@ def endpoint_json(summary: PollSummary) -> str:
 
 
 def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
+    from app.sync.results import skip_reasons_text
+
     s = outcome.summary
     if s.users:
         rows = [
@@ -175,9 +179,11 @@ def print_summary(outcome: PollOutcome, emails: dict[str, str]) -> None:
     else:
         typer.echo("no users with monitored projects")
     verdict = "success" if s.success and outcome.status_code != 503 else "FAILED"
+    why = skip_reasons_text(s.skipped_reasons)
+    skipped = f"{s.skipped} skipped" + (f" ({why})" if why else "")
     typer.echo(
         f"run {s.run_id} ({verdict}, HTTP {outcome.status_code}): {s.processed} processed, "
-        f"{s.failed} failed, {s.skipped} skipped of {s.total} users; "
+        f"{s.failed} failed, {skipped} of {s.total} users; "
         f"{s.events.stored} events stored, {s.events.updated} updated in {s.duration_ms} ms"
     )
     if s.error:
@@ -197,12 +203,14 @@ def poll(
     """Run one poll now, in this process (no server needed), and print the summary."""
     from app.logging import configure_logging
 
+    emails = [e.strip() for e in user or []]
+    if not all(emails):
+        usage_error("--user: must not be empty")
     settings = settings_or_exit()
     if "log_level" not in settings.model_fields_set:
         # The progress line and the summary are the output; logs only when something is wrong.
         settings = settings.model_copy(update={"log_level": "WARNING"})
         configure_logging(settings, stream="stderr")
-    emails = [e.strip() for e in user or []]
 
     async def work(rt: Runtime) -> tuple[PollOutcome, dict[str, str]]:
         return await poll_once(rt, emails, progress_stream=sys.stderr)
@@ -210,7 +218,10 @@ def poll(
     outcome, names = run_in_runtime(settings, work)
     if as_json:
         typer.echo(endpoint_json(outcome.summary))
-    else:
+    elif outcome.summary.error != GITLAB_UNREACHABLE:
         print_summary(outcome, names)
+    if outcome.summary.error == GITLAB_UNREACHABLE:
+        # One line naming the host and why, not a table of users all failing the same way.
+        fail(outcome.summary.detail or GITLAB_UNREACHABLE)
     if not outcome.summary.success or outcome.status_code == 503:
         raise typer.Exit(1)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from app.cli.context import instance_url_problem, run_in_runtime, settings_or_exit
-from app.cli.output import CLIError, fail, print_table
+from app.cli.output import CLIError, print_table, usage_error
 
 if TYPE_CHECKING:
     from app.db.models import MonitoredProject
@@ -80,7 +80,7 @@ def clean_refs(refs: list[str]) -> list[str]:
     """Stripped, de-duplicated references; an empty one is a usage error."""
     cleaned = [r.strip().strip("/") for r in refs]
     if any(not r for r in cleaned):
-        fail("empty project reference")
+        usage_error("empty project reference")
     return list(dict.fromkeys(cleaned))
 
 
@@ -108,7 +108,7 @@ def add(
     settings = settings_or_exit()
     offline = name is not None or path is not None
     if offline and (len(projects) != 1 or not projects[0].isdigit() or not (name and path)):
-        fail("--name and --path go together, with exactly one numeric project id")
+        usage_error("--name and --path go together, with exactly one numeric project id")
     refs = clean_refs(projects)
 
     async def work(rt: Runtime) -> list[Outcome]:

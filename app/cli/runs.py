@@ -13,6 +13,7 @@ import typer
 
 from app.cli.context import run_in_runtime, settings_or_exit
 from app.cli.output import CLIError, iso, print_json, print_table
+from app.sync.results import run_auth
 
 if TYPE_CHECKING:
     from app.db.models import PollRun
@@ -46,8 +47,9 @@ def run_rows(runs: list[PollRun]) -> list[list[str]]:
         [
             when(r.started_at),
             r.trigger,
+            r.auth_method or "-",
             outcome(r),
-            f"{r.processed}/{r.failed}/{r.skipped} of {r.total}",
+            users(r),
             f"+{r.events_stored} ~{r.events_updated}",
             duration(r),
             " ".join((r.error or "").split()) or "-",
@@ -56,13 +58,33 @@ def run_rows(runs: list[PollRun]) -> list[list[str]]:
     ]
 
 
-RUN_HEADERS = ["started (UTC)", "trigger", "status", "users ok/failed/skipped", "events", "took"]
+def users(run: PollRun) -> str:
+    """`2/0/1 of 3 (fresh)`: the counts, and why users were skipped when it is known."""
+    from app.sync.results import skip_reasons_text
+
+    counts = f"{run.processed}/{run.failed}/{run.skipped} of {run.total}"
+    why = skip_reasons_text(run.skipped_reasons)
+    return f"{counts} ({why})" if why else counts
+
+
+RUN_HEADERS = [
+    "started (UTC)",
+    "trigger",
+    "auth",
+    "status",
+    "users ok/failed/skipped",
+    "events",
+    "took",
+]
 
 
 def run_json(r: PollRun) -> dict[str, object]:
+    # The object of /api/poll and /api/runs: {"method", "email"}, null for CLI runs.
+    auth = run_auth(r.auth_method, r.auth_email)
     return {
         "id": r.id,
         "trigger": r.trigger,
+        "auth": auth.model_dump(mode="json") if auth else None,
         "started_at": iso(r.started_at),
         "finished_at": iso(r.finished_at),
         "success": r.success,
@@ -71,6 +93,7 @@ def run_json(r: PollRun) -> dict[str, object]:
         "processed": r.processed,
         "failed": r.failed,
         "skipped": r.skipped,
+        "skipped_reasons": r.skipped_reasons,
         "events_stored": r.events_stored,
         "events_updated": r.events_updated,
         "error": r.error,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from app.cli.context import settings_or_exit
-from app.cli.output import fail_all
+from app.cli.output import USAGE_ERROR, fail_all, usage_error
 from app.scheduler.config import (
     SAMPLE_SERVICE_URL,
     SchedulerConfigError,
@@ -29,6 +29,7 @@ from app.scheduler.config import (
     shard_set_problems,
 )
 from app.settings import ConfigurationError, load_settings
+from app.sync.shard import MAX_SHARDS
 
 scheduler_cli = typer.Typer(
     help="The polling job (scheduler.yaml) for Google Cloud Scheduler.", no_args_is_help=True
@@ -75,7 +76,7 @@ def render(
     ] = False,
     # --- OIDC (issue 11): the option; the logic is config.apply_auth ---
     auth: Annotated[
-        str | None,
+        Literal["oidc", "bearer"] | None,  # anything else is a usage error (exit code 2)
         typer.Option(
             "--auth",
             help="oidc: Google-signed ID tokens, no secret in the job (recommended); bearer: "
@@ -85,6 +86,8 @@ def render(
     shards: Annotated[
         int,
         typer.Option(
+            min=1,
+            max=MAX_SHARDS,
             help="Split the users over N jobs (gitlab-insights-poll-shard-0..N-1), one flags "
             "file each in --out-dir; 1: the one job, printed",
         ),
@@ -94,6 +97,14 @@ def render(
     ] = None,
 ) -> None:
     """Print the job file with its placeholders filled in, for gcloud (or write N shards)."""
+    # Usage errors first (exit code 2): the options alone are wrong, whatever the file says.
+    if url:
+        try:
+            service_base_url(url)
+        except SchedulerConfigError as exc:
+            usage_error("; ".join(exc.problems))
+    if shards != 1 and out_dir is None:
+        usage_error("--out-dir: required with --shards (one flags file per job)")
     source = locate_or_exit(file)
     settings = settings_or_exit()
     try:  # OIDC (issue 11): the --auth flags, ${OIDC_SERVICE_ACCOUNT}, audience vs settings
@@ -110,6 +121,11 @@ def render(
                 fail_all(source.origin, exc.problems)
         else:
             missing.append("${SERVICE_URL}: pass --url or set SERVICE_URL")
+    if "OIDC_SERVICE_ACCOUNT" in source.placeholders:  # apply_auth found no setting for it
+        missing.append(
+            "${OIDC_SERVICE_ACCOUNT}: set OIDC_SERVICE_ACCOUNTS and OIDC_AUDIENCES as the "
+            "service has them (or render --auth bearer)"
+        )
     if "SIGNING_KEY" in source.placeholders:
         key = settings.inngest_signing_key
         if key is None:
@@ -117,8 +133,8 @@ def render(
         else:
             secret = key.get_secret_value()
             values["SIGNING_KEY"] = secret if show_secret else mask_key(secret)
-    if missing:
-        fail_all(source.origin, [f"no value for {m}" for m in missing])
+    if missing:  # an option or a setting not given: a usage error
+        fail_all(source.origin, [f"no value for {m}" for m in missing], code=USAGE_ERROR)
     try:
         filled = fill_placeholders(source.text, values)
     except SchedulerConfigError as exc:
@@ -140,7 +156,7 @@ def render(
 def write_shards(source: SchedulerFile, shards: int, out_dir: Path | None) -> None:
     """The N shard jobs as files in `out_dir`; their gcloud commands on stdout."""
     if out_dir is None:
-        fail_all("--out-dir", ["required with --shards (one flags file per job)"])
+        usage_error("--out-dir: required with --shards (one flags file per job)")
     try:
         jobs = shard_files(source, shards)
     except SchedulerConfigError as exc:

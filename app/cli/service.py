@@ -11,16 +11,18 @@ from typing import Annotated
 import typer
 
 from app.cli.context import settings_or_exit
-from app.cli.output import database_error_message, fail
+from app.cli.output import USAGE_ERROR, database_error_message, fail
 from app.settings import Settings
 
 
-def upgrade_or_exit(settings: Settings) -> str:
-    """Upgrade the schema to head; returns what was done, one line."""
-    from app.db.migrate import MigrationError, upgrade_to_head
+def upgrade_or_exit(settings: Settings) -> tuple[str, str]:
+    """Upgrade the schema to head; returns what was done (one line) and which version of
+    the original app's schema the database has (db/profile.py: story, newest, partial)."""
+    from app.db.migrate import MigrationError, schema_profile, upgrade_to_head
 
     try:
-        return upgrade_to_head(settings.database_url)
+        done = upgrade_to_head(settings.database_url)
+        return done, schema_profile(settings.database_url).describe()
     except MigrationError as exc:
         if exc.connecting and exc.__cause__ is not None:
             fail(database_error_message(exc.__cause__, settings.database_url, fallback=str(exc)))
@@ -74,7 +76,7 @@ def serve_with_scheduler(settings: Settings, *, host: str, port: int) -> None:
     try:
         server = build_server(settings, host=host, port=port)
     except SchedulerStartError as exc:  # scheduler.yaml changed since the first check
-        fail(str(exc), code=2)
+        fail(str(exc), code=USAGE_ERROR)
     # The KeyboardInterrupt uvicorn raises again after its graceful shutdown (uvicorn.run
     # swallows it; Server.run does not).
     with contextlib.suppress(KeyboardInterrupt):
@@ -102,11 +104,12 @@ def serve(
             try:  # refuse a scheduler that cannot run before touching the database
                 build_scheduler(settings)
             except SchedulerStartError as exc:
-                fail(str(exc), code=2)
+                fail(str(exc), code=USAGE_ERROR)
         if migrate:
             from loguru import logger
 
-            logger.info("database: {}", upgrade_or_exit(settings))
+            done, schema = upgrade_or_exit(settings)
+            logger.bind(schema=schema).info("database: {} (schema: {})", done, schema)
         if scheduler:
             serve_with_scheduler(settings, host=host, port=port)
             return
@@ -125,4 +128,6 @@ def serve(
 
 def migrate() -> None:
     """Create or upgrade the database schema (adopts an existing gitlab-insights database)."""
-    typer.echo(upgrade_or_exit(settings_or_exit()))
+    done, schema = upgrade_or_exit(settings_or_exit())
+    typer.echo(done)
+    typer.echo(f"schema: {schema}")

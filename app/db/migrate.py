@@ -30,11 +30,13 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db.engine import settle_failed_sqlite_opens
+from app.db.profile import SchemaProfile
+from app.db.repository.schema import schema_columns
 from app.settings import normalize_database_url
 
 BASELINE_REVISION = "0001"
 ORIGINAL_TABLES = ("user", "account", "MonitoredProject", "Event", "LastSync")
-OWN_TABLES = ("sync_cursor", "sync_lease", "poll_run")
+OWN_TABLES = ("sync_cursor", "sync_lease", "poll_run", "sync_user")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary fixed key: replicas starting together must not create/adopt concurrently.
 _PG_LOCK_KEY = 0x67697E6D6967  # "gi~mig"
@@ -118,6 +120,16 @@ def upgrade_to_head(url: str) -> str:
     url = _normalize(url)
     with _quiet_alembic():
         return _run(lambda: _with_connection(url, _upgrade_sync))
+
+
+def schema_profile(url: str) -> SchemaProfile:
+    """Which version of the original app's schema the database has (db/profile.py)."""
+    url = _normalize(url)
+    return _run(lambda: _with_connection(url, _profile_sync))
+
+
+def _profile_sync(conn: Connection) -> SchemaProfile:
+    return SchemaProfile.from_columns(*schema_columns(conn))
 
 
 def current_revision(url: str) -> str | None:

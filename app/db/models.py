@@ -235,6 +235,19 @@ class SyncLease(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class SyncUser(Base):
+    """Per user: the LastSync value this service last wrote, and the last one written by
+    someone else (the original app's Refresh) that was followed (migration 0006)."""
+
+    __tablename__ = "sync_user"
+
+    user_id: Mapped[str] = mapped_column(
+        sa.Text, sa.ForeignKey("user.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    app_refresh_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class PollRun(Base):
     """One record per poll run (who triggered it, when, what it achieved)."""
 
@@ -261,5 +274,8 @@ class PollRun(Base):
     # (migration 0005).
     shard: Mapped[int | None] = mapped_column(sa.Integer)
     shards: Mapped[int | None] = mapped_column(sa.Integer)
+    # Users skipped per reason (`{"fresh": 1}`), as /api/poll answers it; NULL before
+    # migration 0008.
+    skipped_reasons: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
 
     __table_args__ = (sa.Index("poll_run_started_at_idx", "started_at"),)

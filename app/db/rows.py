@@ -6,12 +6,17 @@ database, and `db/repository.py` writes them without knowing where they came fro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, NotRequired, TypedDict
 
 
 class EventRow(TypedDict):
-    """Columns of "Event" that come from GitLab (id/userId/updatedAt are added on store)."""
+    """Columns of "Event" that come from GitLab (id/userId/updatedAt are added on store).
+
+    The story schema's columns always; the newest app's columns (db/profile.py) only in rows
+    of a work-item bundle, and each is written only where the database has it.
+    """
 
     type: str
     title: str
@@ -24,6 +29,41 @@ class EventRow(TypedDict):
     gitlabEventId: str
     gitlabUrl: str
     createdAt: datetime
+    iid: NotRequired[int | None]
+    status: NotRequired[str | None]
+    assignees: NotRequired[list[str]]
+    participants: NotRequired[list[str]]
+    lastActivityAt: NotRequired[datetime | None]
+    commentCount: NotRequired[int]
+    unresolvedCommentCount: NotRequired[int]
+    mentionedInIds: NotRequired[list[int]]
+    closesIssueIds: NotRequired[list[int]]
+    # Comments: the database id of the same user's item row, filled in when stored.
+    parentEventId: NotRequired[str | None]
+    parentType: NotRequired[str | None]
+    gitlabParentId: NotRequired[int | None]
+    discussionId: NotRequired[str | None]
+    isSystemNote: NotRequired[bool]
+
+
+class PersonRow(TypedDict):
+    """A GitLab user as the newest app's "Person" keeps it (per polling user)."""
+
+    gitlabId: int
+    username: str
+    name: str | None
+    avatarUrl: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItemBundle:
+    """An issue or MR with every note the user can see, as the newest app stores them: the
+    item's row (with its activity computed from the notes), the notes' rows (linked to the
+    item's row when stored) and the authors."""
+
+    item: EventRow
+    notes: list[EventRow]
+    people: list[PersonRow]
 
 
 class CursorMove(NamedTuple):

@@ -36,6 +36,11 @@ is taken by the pure `sansio` module. Behaviours the sync relies on:
 - Every wait (retry backoff, 429 pause, pacing) goes through `app.retry.sleep`, which tests
   switch off with `retry.recorded_waits()`; a zero wait never sleeps. Time comes from the
   injectable `clock` (time.time by default); naive timestamps are UTC, never local time.
+- Logs: every attempt is a DEBUG line; a request that needed retries, or finally failed on
+  an error worth retrying, is one INFO line (never one line per retry).
+- A poll run's `ReachabilityDetector` (reachability.py), shared by all its clients, hears of
+  every answer and of every request that finally failed without a connection; once it finds
+  the instance unreachable, attempts fail at once with GitLabUnreachable (not retried).
 - Errors and logs carry the HTTP status and the endpoint path only: never the token, the
   host or the query string.
 """
@@ -64,9 +69,11 @@ from app.gitlab.errors import (
     GitLabRateLimited,
     GitLabUnavailable,
 )
+from app.gitlab.reachability import ReachabilityDetector
 from app.gitlab.sansio import Query, as_utc, format_gitlab_time, project_ref
 from app.gitlab.schemas import (
     GitLabCurrentUser,
+    GitLabDiscussion,
     GitLabIssue,
     GitLabMergeRequest,
     GitLabNote,
@@ -92,6 +99,7 @@ Clock = Callable[[], float]
 _ISSUES = TypeAdapter(list[GitLabIssue])
 _MERGE_REQUESTS = TypeAdapter(list[GitLabMergeRequest])
 _NOTES = TypeAdapter(list[GitLabNote])
+_DISCUSSIONS = TypeAdapter(list[GitLabDiscussion])
 _PROJECT = TypeAdapter(GitLabProject)
 _ISSUE = TypeAdapter(GitLabIssue)
 _MERGE_REQUEST = TypeAdapter(GitLabMergeRequest)
@@ -179,6 +187,7 @@ class GitLabClient:
         *,
         on_request: Callable[[RequestInfo], None] | None = None,
         clock: Clock | None = None,
+        reachability: ReachabilityDetector | None = None,
     ) -> None:
         self._wire: GitLabWire = (
             HttpxWire(http, settings) if isinstance(http, httpx.AsyncClient) else http
@@ -187,6 +196,8 @@ class GitLabClient:
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._on_request = on_request
         self._clock: Clock = clock or time.time
+        # The run's detector (shared by every client of a poll run), if any.
+        self._reachability = reachability
         self._base = settings.gitlab_api_url.rstrip("/")
         self._in_flight = asyncio.Semaphore(settings.gitlab_user_concurrency)
         # Pacing shared by all requests of this user: next allowed start, spacing between starts.
@@ -329,6 +340,33 @@ class GitLabClient:
                 if reached_older:
                     return
 
+    async def discussions(
+        self,
+        project_id: int | str,
+        noteable_type: Literal["Issue", "MergeRequest"],
+        iid: int,
+    ) -> AsyncIterator[list[GitLabDiscussion]]:
+        """Every thread of one issue/MR with its notes (system notes included), in GitLab's
+        order; the only listing that gives a note's discussion id.
+
+        GitLab has no time filter here, so the threads are read whole (every page, read
+        ahead). A thread seen on two pages (offset pages shift when one is deleted
+        meanwhile) comes once; a thread such a shift skips is what removals confirm against
+        GitLab before removing anything (removals.py).
+        """
+        kind = _noteable_segment(noteable_type)
+        path = f"/projects/{project_ref(project_id)}/{kind}/{int(iid)}/discussions"
+        template = f"/projects/:id/{kind}/:iid/discussions"
+        params: Query = [("per_page", str(self._settings.gitlab_per_page))]
+        seen: set[str] = set()
+        pages = self._pages(path, template, params, _DISCUSSIONS, read_ahead=True)
+        async with aclosing(pages) as it:
+            async for page in it:
+                fresh = [d for d in page if d.id not in seen]
+                seen.update(d.id for d in fresh)
+                if fresh:
+                    yield fresh
+
     # --- listings ---------------------------------------------------------------------
 
     async def _items(
@@ -420,7 +458,7 @@ class GitLabClient:
 
         def fetch(query: Query) -> Awaitable[tuple[list[T], Mapping[str, str]]]:
             url = f"{base}?{_query_string(tuple(query))}" if query else base
-            return self._send(_Call("GET", url, path, template, decode))
+            return self._request(_Call("GET", url, path, template, decode))
 
         if not read_ahead:
             while True:
@@ -456,12 +494,45 @@ class GitLabClient:
         def decode(body: bytes, status: int) -> T:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 
-        value, _ = await self._send(_Call("GET", self._base + path, path, template, decode))
+        value, _ = await self._request(_Call("GET", self._base + path, path, template, decode))
         return value
+
+    async def _request(self, call: _Call) -> tuple[Any, Mapping[str, str]]:
+        """One request with its retries: one log line for the request, however many attempts
+        it took (each attempt is a DEBUG line), and its final failure told to the detector."""
+        try:
+            answer = await self._send(call)
+        except GitLabAPIError as exc:
+            self._request_failed(call, exc)
+            raise
+        if call.attempt > 1:
+            logger.info(
+                "GitLab {} {}: answered after {} attempts", call.method, call.endpoint, call.attempt
+            )
+        return answer
+
+    def _request_failed(self, call: _Call, exc: GitLabAPIError) -> None:
+        retryable = isinstance(exc, GitLabUnavailable | GitLabMalformedResponse | GitLabRateLimited)
+        if call.attempt > 1 or (retryable and call.attempt > 0):
+            # Our errors' messages carry the status and endpoint path only.
+            logger.info(
+                "GitLab {} {}: failed after {} attempt(s): {}",
+                call.method,
+                call.endpoint,
+                call.attempt,
+                exc,
+            )
+        failure = exc.connect_failure if isinstance(exc, GitLabUnavailable) else None
+        detector = self._reachability
+        if detector is not None and failure is not None and detector.connect_failed(failure):
+            # INFO like the rest: the run's summary (503, the CLI's error line) says it.
+            logger.info("{}: this run sends no more GitLab requests", detector.describe())
 
     # --- one attempt ------------------------------------------------------------------
 
     async def _attempt(self, call: _Call) -> tuple[Any, Mapping[str, str]]:
+        if self._reachability is not None:
+            self._reachability.check(call.endpoint)  # the run gave up on the instance
         await self._wait_for_slot()
         call.attempt += 1
         status: int | None = None
@@ -478,10 +549,13 @@ class GitLabClient:
                 f"GitLab unreachable on {call.endpoint} ({exc})",
                 status=None,
                 endpoint=call.endpoint,
+                connect_failure=exc.connect_failure,
             ) from None
         finally:
             self._report(call, status, time.perf_counter() - started)
 
+        if self._reachability is not None:
+            self._reachability.answered()
         headers, body = response.headers, response.body
         self._observe_rate_limit(status, headers, call.endpoint)
         error = sansio.error_for_status(
@@ -532,8 +606,8 @@ class GitLabClient:
             self._next_slot = max(self._next_slot, self._clock() + seconds)
 
     def _log_retry(self, exc: BaseException, retry_number: int, delay: float) -> None:
-        # Our errors' messages carry the status and endpoint path only.
-        logger.warning(
+        # DEBUG: the request's outcome is one INFO line (_request), not one line per retry.
+        logger.debug(
             "{}: retry {}/{} in {:.2f} s", exc, retry_number, self._retry.attempts - 1, delay
         )
 

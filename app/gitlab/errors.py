@@ -7,6 +7,8 @@ What the caller does, by type:
   so the user must re-authorize; it is never read as a lost access to a project.
 - GitLabRateLimited (429) and GitLabUnavailable (5xx, timeouts): transient, try again later
   (the client already retried within its budget).
+- GitLabUnreachable: several requests in a row could not connect at all, so the run stops
+  sending requests (reachability.py); not retried within the run.
 - GitLabMalformedResponse: invalid or truncated JSON; the client retries it like a 5xx and
   raises it once that budget is spent. A GitLabBadResponse, so callers need not tell them apart.
 - GitLabBadResponse: a payload of the wrong shape; the client does not retry it (the same
@@ -22,6 +24,9 @@ Messages carry the HTTP status and the endpoint path only: never a token, never 
 from __future__ import annotations
 
 from typing import Literal
+
+# Why no connection could be made at all (reachability.classify_connect_failure).
+ConnectFailure = Literal["connection_refused", "dns_failure", "tls_failure", "no_route"]
 
 
 class GitLabAPIError(Exception):
@@ -69,7 +74,26 @@ class GitLabRateLimited(GitLabAPIError):
 
 
 class GitLabUnavailable(GitLabAPIError):
-    """5xx, timeout or connection failure after retries: transient, retry later."""
+    """5xx, timeout or connection failure after retries: transient, retry later.
+
+    `connect_failure` says why no connection could be made; None when GitLab answered, or
+    when the failure says nothing about reachability (a timeout)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        endpoint: str = "",
+        connect_failure: ConnectFailure | None = None,
+    ) -> None:
+        self.connect_failure = connect_failure
+        super().__init__(message, status=status, endpoint=endpoint)
+
+
+class GitLabUnreachable(GitLabAPIError):
+    """The run found the instance unreachable (reachability.py): this request was not sent.
+    Final for the run: neither the client nor the user's sync retries it; the next run does."""
 
 
 class GitLabBadResponse(GitLabAPIError):

@@ -17,6 +17,9 @@ class _Payload(BaseModel):
 class GitLabUserRef(_Payload):
     username: str
     avatar_url: str | None = None
+    # The author's global id and display name: the newest app's "Person" rows.
+    id: int | None = None
+    name: str | None = None
 
 
 class _Item(_Payload):
@@ -34,10 +37,11 @@ class _Item(_Payload):
     # Unknown (absent or null) count: assume notes exist so none are missed.
     user_notes_count: int = 1
     confidential: bool = False
+    assignees: list[GitLabUserRef] = Field(default_factory=list)
 
-    @field_validator("labels", mode="before")
+    @field_validator("labels", "assignees", mode="before")
     @classmethod
-    def _null_labels(cls, v: object) -> object:
+    def _null_list(cls, v: object) -> object:
         return [] if v is None else v
 
     @field_validator("title", mode="before")
@@ -69,14 +73,31 @@ class GitLabNote(_Payload):
     system: bool = False
     noteable_type: str | None = None
     noteable_iid: int | None = None
+    noteable_id: int | None = None
     project_id: int | None = None
+    # Threads that can be resolved (MR review threads, issue threads) and their state.
+    resolvable: bool = False
+    resolved: bool = False
     # Set by the client from the parent item: "<noteable web_url>#note_<id>".
     web_url: str | None = None
 
-    @field_validator("system", mode="before")
+    @field_validator("system", "resolvable", "resolved", mode="before")
     @classmethod
-    def _null_system(cls, v: object) -> object:
+    def _null_flag(cls, v: object) -> object:
         return False if v is None else v
+
+
+class GitLabDiscussion(_Payload):
+    """One thread of an issue or MR (the Discussions API): its notes, oldest first."""
+
+    id: str
+    individual_note: bool = False
+    notes: list[GitLabNote] = Field(default_factory=list)
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _null_notes(cls, v: object) -> object:
+        return [] if v is None else v
 
 
 class GitLabProject(_Payload):

@@ -28,6 +28,7 @@ import httpx
 from yarl import URL
 
 from app import __version__
+from app.gitlab.reachability import ConnectFailure, classify_connect_failure
 from app.settings import Settings
 
 USER_AGENT = f"gitlab-insights/{__version__}"
@@ -42,7 +43,16 @@ class WireResponse:
 
 class WireError(Exception):
     """No answer: connection refused or reset, timeout, a body cut short. The message is the
-    exception's class name only (a library's own message may carry the URL and its query)."""
+    exception's class name only (a library's own message may carry the URL and its query);
+    `connect_failure` says why no connection could be made, if that was it (reachability.py)."""
+
+    def __init__(self, message: str, *, connect_failure: ConnectFailure | None = None) -> None:
+        self.connect_failure = connect_failure
+        super().__init__(message)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> WireError:
+        return cls(type(exc).__name__, connect_failure=classify_connect_failure(exc))
 
 
 class GitLabWire(Protocol):
@@ -70,7 +80,7 @@ class HttpxWire:
             response = await self._http.send(request)
             body = response.content
         except (httpx.TransportError, httpx.DecodingError) as exc:
-            raise WireError(type(exc).__name__) from None
+            raise WireError.from_exception(exc) from None
         return WireResponse(response.status_code, response.headers, body)
 
 
@@ -128,7 +138,7 @@ class AiohttpWire:
                 ) as response:
                     body = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise WireError(type(exc).__name__) from None
+                raise WireError.from_exception(exc) from None
         return WireResponse(response.status, response.headers, body)
 
     async def aclose(self) -> None:

@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
 from loguru import logger
 
 from app.db import repository as repo
@@ -34,6 +35,7 @@ from app.security.signing import SIGNATURE_HEADER, SignatureError, verify_innges
 from app.settings import Settings
 from app.sync.deps import SyncDeps
 from app.sync.poller import PollOutcome, run_poll
+from app.sync.results import RunAuth
 
 if TYPE_CHECKING:
     import inngest
@@ -92,8 +94,12 @@ def dev_server_url(settings: Settings) -> str | None:
     return None
 
 
-def inngest_configured(settings: Settings) -> bool:
-    return dev_mode(settings) or settings.inngest_signing_key is not None
+def inngest_app_wanted(settings: Settings) -> bool:
+    """Whether this deployment means to run the Inngest app: with the dev server
+    (INNGEST_DEV), or for Inngest Cloud with INNGEST_EVENT_KEY, which only the app uses (its
+    fan-out sends events with it). INNGEST_SIGNING_KEY alone says nothing: it also signs
+    /api/poll for schedulers that have nothing to do with Inngest."""
+    return dev_mode(settings) or settings.inngest_event_key is not None
 
 
 class _DemoteUnauthorized(logging.Filter):
@@ -325,6 +331,11 @@ def _user_sync_function(
 ) -> inngest.Function[Any]:
     import inngest
 
+    # How Inngest's call was authenticated, recorded with each run as /api/poll records its
+    # caller's: in cloud mode every call is signed (checked by our gate and the SDK); the dev
+    # server's calls are not.
+    auth = RunAuth(method="unsigned" if dev_mode(settings) else "inngest_signature")
+
     @client.create_function(
         fn_id=USER_SYNC_FN_ID,
         name="GitLab User Sync",
@@ -350,7 +361,9 @@ def _user_sync_function(
         # attempt per Inngest attempt, or a bad user would be tried 4 x 4 times.
         deps = get_deps()
         once = replace(deps, settings=deps.settings.model_copy(update={"user_sync_attempts": 1}))
-        outcome = await run_poll(once, user_ids=[user_id], trigger="inngest", manual=manual)
+        outcome = await run_poll(
+            once, user_ids=[user_id], trigger="inngest", manual=manual, auth=auth
+        )
         logger.bind(
             inngest_run_id=ctx.run_id, run_id=outcome.summary.run_id, attempt=ctx.attempt
         ).debug("inngest user sync finished")
@@ -406,12 +419,53 @@ def _app_deps(app: FastAPI) -> GetDeps:
     return get_deps
 
 
+# /docs titles of the SDK's three routes (FastAPI would make up "Get Api Inngest").
+_ROUTE_DOCS: dict[str, tuple[str, str]] = {
+    "GET": (
+        "Inngest: introspect the app",
+        "The SDK's introspection for Inngest and the dev server: the app's mode and functions.",
+    ),
+    "PUT": (
+        "Inngest: register the app's functions",
+        "Inngest Cloud's signed in-band sync (Apps -> Sync): the SDK registers the functions "
+        "gitlab-api-polling and gitlab-user-sync. Unsigned syncs only with "
+        "INNGEST_ENABLE_UNAUTHED_SYNC=true (or with the dev server).",
+    ),
+    "POST": (
+        "Inngest: run a function step",
+        "Inngest calls this to run gitlab-api-polling (the fan-out) or gitlab-user-sync (one "
+        "user) step by step; the body and answers are the SDK's protocol with Inngest.",
+    ),
+}
+_SIGNED_NOTE = (
+    " Calls must carry a valid X-Inngest-Signature at most SIGNATURE_MAX_AGE_SECONDS old "
+    "(401 otherwise)."
+)
+
+
+def _describe_routes(router: APIRouter, dev: bool) -> None:
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            for method in (route.methods or set()) & _ROUTE_DOCS.keys():
+                summary, description = _ROUTE_DOCS[method]
+                route.summary = summary
+                route.description = description + ("" if dev else _SIGNED_NOTE)
+
+
 def mount_inngest(app: FastAPI, settings: Settings) -> bool:
-    """Serve the Inngest app at /api/inngest when configured; one log line either way."""
-    if not inngest_configured(settings):
+    """Serve the Inngest app at /api/inngest where it is wanted; one log line either way,
+    a warning only where the app is wanted and cannot run."""
+    dev = dev_mode(settings)
+    if not inngest_app_wanted(settings):
         logger.info(
-            "Inngest disabled: set INNGEST_SIGNING_KEY (Inngest Cloud) or INNGEST_DEV=1 "
-            "(Inngest dev server) to serve /api/inngest"
+            "Inngest app off: set INNGEST_EVENT_KEY and INNGEST_SIGNING_KEY (Inngest Cloud) "
+            "or INNGEST_DEV=1 (Inngest dev server) to serve /api/inngest"
+        )
+        return False
+    if not dev and settings.inngest_signing_key is None:
+        logger.warning(
+            "INNGEST_EVENT_KEY is set but INNGEST_SIGNING_KEY is not: /api/inngest stays off "
+            "(Inngest Cloud's calls could not be verified)"
         )
         return False
 
@@ -424,7 +478,6 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
 
     client = create_client(settings)
     functions = create_functions(client, settings, _app_deps(app))
-    dev = dev_mode(settings)
     router = APIRouter(
         tags=["inngest"],
         dependencies=[] if dev else [Depends(_fresh_signature_gate(settings))],
@@ -441,12 +494,9 @@ def mount_inngest(app: FastAPI, settings: Settings) -> bool:
         functions,
         enable_unauthed_sync=unauthed_sync,  # the SDK always allows it in dev mode
     )
+    _describe_routes(router, dev)
     app.include_router(router)
     app.state.inngest_client = client
-    if not dev and settings.inngest_event_key is None:
-        logger.warning(
-            "INNGEST_EVENT_KEY is not set: gitlab-api-polling cannot send user.sync events"
-        )
     logger.info(
         "Inngest app '{}' served at /api/inngest ({} mode, {} functions)",
         APP_ID,

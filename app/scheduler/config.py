@@ -724,14 +724,10 @@ def apply_auth(
         return source
     problems: list[str] = []
     values: dict[str, str] = {}
-    if "OIDC_SERVICE_ACCOUNT" in source.placeholders:
-        if settings.oidc_service_accounts:
-            values["OIDC_SERVICE_ACCOUNT"] = settings.oidc_service_accounts[0]
-        else:
-            problems.append(
-                "no value for ${OIDC_SERVICE_ACCOUNT}: set OIDC_SERVICE_ACCOUNTS and "
-                "OIDC_AUDIENCES as the service has them (or render --auth bearer)"
-            )
+    # Without OIDC_SERVICE_ACCOUNTS the placeholder stays, for the caller to report with the
+    # other values it lacks (a setting not given, not a problem of the file).
+    if "OIDC_SERVICE_ACCOUNT" in source.placeholders and settings.oidc_service_accounts:
+        values["OIDC_SERVICE_ACCOUNT"] = settings.oidc_service_accounts[0]
     audience = str(data.get(OIDC_AUDIENCE_FLAG) or "")
     if url and "${SERVICE_URL}" in audience:
         audience = audience.replace("${SERVICE_URL}", service_base_url(url))

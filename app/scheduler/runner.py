@@ -37,6 +37,7 @@ from croniter import croniter
 from loguru import logger
 
 from app import __version__, retry
+from app.api.callers import TRIGGER_HEADER
 from app.runtime import create_loopback_client
 from app.scheduler.config import (
     POLL_PATH,
@@ -50,7 +51,6 @@ from app.security.signing import sign_request
 from app.settings import Settings
 
 Clock = Callable[[], float]
-TRIGGER_HEADER = "x-gitlab-insights-trigger"
 
 
 class SchedulerStartError(Exception):

@@ -31,7 +31,7 @@ from app.gitlab.errors import GitLabAuthError, GitLabForbidden, GitLabNotFound
 from app.sync.deletions import access_loss_step
 from app.sync.deps import SyncDeps
 from app.sync.removals import count_removal
-from app.sync.transform import ProjectRef
+from app.sync.transform import project_ref_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ async def confirm_refusal(
     step = access_loss_step(first_check, now, deps.settings.access_loss_confirm_minutes)
     if step == "wait":
         return None
-    ref = ProjectRef(pid, project.projectName, project.projectPath)
+    ref = project_ref_of(project, deps.profile)
     async with deps.session() as s, s.begin():
         if step == "first":
             await repo.record_access_check(s, user_id, pid, now)
@@ -102,7 +102,7 @@ async def confirm_refusal(
                 "project refused while the token works: access loss to be confirmed"
             )
             return None
-        removed = await repo.delete_project_events(s, user_id, ref.event_project_id)
+        removed = await repo.delete_project_events(s, user_id, ref.event_project_ids)
         await repo.mark_access_lost(s, user_id, pid, now)
     metrics.ACCESS_LOST.inc()
     count_removal(user_id, pid, removed, "access_lost")

@@ -39,6 +39,10 @@ class StoredEvent(NamedTuple):
     event_id: str
     type: str
     url: str
+    # A system note (stored on the newest app's schema only).
+    system: bool = False
+    # False: written before the app's newer columns existed (repository.project_events).
+    complete: bool = True
 
 
 def parent_url(comment_url: str) -> str:
@@ -67,23 +71,44 @@ class StoredProject:
     items: dict[str, str] = field(default_factory=dict)  # item event id -> web_url
     comments: dict[str, list[str]] = field(default_factory=dict)  # item url -> comment ids
     total: int = 0
+    system: frozenset[str] = frozenset()  # comment ids of system notes
+    # Item urls whose row or a comment's row lacks the newer columns (StoredEvent.complete).
+    incomplete: frozenset[str] = frozenset()
 
     @classmethod
     def from_events(cls, events: Iterable[StoredEvent]) -> StoredProject:
         items: dict[str, str] = {}
         comments: dict[str, list[str]] = {}
+        system: set[str] = set()
+        incomplete: set[str] = set()
         total = 0
         for e in events:
             total += 1
             if e.type == "comment":
-                comments.setdefault(parent_url(e.url), []).append(e.event_id)
+                url = parent_url(e.url)
+                comments.setdefault(url, []).append(e.event_id)
+                if e.system:
+                    system.add(e.event_id)
             else:
-                items[e.event_id] = e.url
-        return cls(items, comments, total)
+                url = e.url
+                items[e.event_id] = url
+            if not e.complete:
+                incomplete.add(url)
+        return cls(items, comments, total, frozenset(system), frozenset(incomplete))
 
     def comments_of(self, item_event_id: str) -> list[str]:
         url = self.items.get(item_event_id)
         return [] if url is None else self.comments.get(url, [])
+
+    def user_comment_count(self, item_event_id: str) -> int:
+        """The item's stored comments that are not system notes (GitLab's user_notes_count
+        counts those)."""
+        return sum(1 for c in self.comments_of(item_event_id) if c not in self.system)
+
+    def is_complete(self, item_event_id: str) -> bool:
+        """The item's row and its comments' rows have every newer column the schema has."""
+        url = self.items.get(item_event_id)
+        return url is None or url not in self.incomplete
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.profile import STORY, SchemaProfile
+from app.gitlab.reachability import ReachabilityDetector
 from app.gitlab.transport import GitLabWire
 from app.settings import Settings
 
@@ -34,6 +36,12 @@ class SyncDeps:
     # Inside one user's sync: the lease's sessions (on PostgreSQL with advisory leases, the
     # connection holding the user's lock), so the sync never needs a second connection.
     sessions: SessionFactory | None = None
+    # What the database has of the original app's newer schema (db/profile.py), read at the
+    # start of every run (poller.py): the app may be upgraded while this service runs.
+    profile: SchemaProfile = STORY
+    # A poll run's detector of an unreachable GitLab, shared by all the run's GitLab clients
+    # (set by poller.py for the run; None outside a run).
+    reachability: ReachabilityDetector | None = None
 
     def gitlab_wire(self) -> GitLabWire | httpx.AsyncClient:
         return self.gitlab if self.gitlab is not None else self.http

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 from app import metrics
 from app.db import repository as repo
 from app.db.models import utcnow
+from app.gitlab.reachability import ReachabilityDetector
 from app.logging import redact
 from app.sync.deps import SyncDeps
-from app.sync.results import PollSummary, RunAuth, UserResult, summarize
+from app.sync.results import PollSummary, RunAuth, TriggerName, UserResult, summarize
 from app.sync.shard import Shard
 from app.sync.user_sync import sync_user
 
@@ -67,7 +68,7 @@ async def run_poll(
     deps: SyncDeps,
     *,
     user_ids: Sequence[str] | None = None,
-    trigger: str = "api",
+    trigger: TriggerName = "api",
     manual: bool | None = None,
     on_user_done: ProgressCallback | None = None,
     auth: RunAuth | None = None,
@@ -96,17 +97,23 @@ async def run_poll(
 
 
 class _Run:
-    """One poll run: its id, its results so far, and the GitLab-down detector."""
+    """One poll run: its id, its results so far, and its two GitLab detectors: users failing
+    with GitLab unavailable (5xx, timeouts), and requests unable to connect at all."""
 
     def __init__(
         self,
         deps: SyncDeps,
-        trigger: str,
+        trigger: TriggerName,
         on_user_done: ProgressCallback | None,
         auth: RunAuth | None,
         shard: Shard | None = None,
     ) -> None:
-        self.deps = deps
+        settings = deps.settings
+        self.reachability = ReachabilityDetector(
+            settings.gitlab_unreachable_threshold, settings.gitlab_instance_url
+        )
+        # Every GitLab client of this run shares the detector (user_sync.py, reconcile.py).
+        self.deps = replace(deps, reachability=self.reachability)
         self.auth = auth
         self.shard = shard
         self.trigger = trigger
@@ -117,11 +124,13 @@ class _Run:
         self.log = logger.bind(run_id=self.run_id, trigger=trigger)
         self.results: list[UserResult] = []
         self.total = 0
-        self.detector = _GitLabDownDetector(deps.settings.gitlab_down_threshold)
+        self.detector = _GitLabDownDetector(settings.gitlab_down_threshold)
 
     async def start(self, user_ids: Sequence[str] | None) -> list[str]:
-        """Record the run and choose its users; named users that cannot run are skipped."""
+        """Record the run, read the schema profile (the app may have been upgraded since
+        the last run) and choose its users; named users that cannot run are skipped."""
         async with self.deps.sessionmaker() as s, s.begin():
+            self.deps = replace(self.deps, profile=await repo.read_schema_profile(s))
             await repo.create_poll_run(
                 s,
                 self.run_id,
@@ -154,7 +163,7 @@ class _Run:
 
     async def fan_out(self, targets: list[str], *, manual: bool) -> None:
         """Every target user, at most POLL_CONCURRENCY at once; the rest skipped once GitLab
-        is seen down."""
+        is seen down or unreachable (reported as not attempted, their cursors untouched)."""
         self.total = len(targets) + len(self.results)
         if self.on_user_done is not None:
             for i, r in enumerate(self.results, 1):
@@ -163,7 +172,9 @@ class _Run:
 
         async def one(user_id: str) -> None:
             async with semaphore:
-                if self.detector.down:
+                if self.reachability.tripped:
+                    result = _skip(user_id, "gitlab_unreachable")
+                elif self.detector.down:
                     result = _skip(user_id, "gitlab_unavailable")
                 else:
                     result = await sync_user(self.deps, user_id, self.run_id, manual=manual)
@@ -181,8 +192,9 @@ class _Run:
         """Summarize (in the caller's order), record the run, count it in the metrics."""
         position = {uid: i for i, uid in enumerate(order)}
         self.results.sort(key=lambda r: position.get(r.user_id, len(position)))
-        down = self.detector.down
-        summary = self._summary(self.results, error="gitlab unavailable" if down else None)
+        error, detail = self._stopped_because()
+        down = error is not None
+        summary = self._summary(self.results, error=error, detail=detail)
         status_code = 503 if down else 200
         await _record_run(self.deps, summary, status_code, self.log)
         metrics.RUN_DURATION.observe(summary.duration_ms / 1000)
@@ -201,11 +213,29 @@ class _Run:
             reconcile_requests=summary.reconciliation.requests,
             duration_ms=summary.duration_ms,
             success=summary.success,
+            error=summary.error,
         ).info("poll run finished")
         retry_after = self.deps.settings.gitlab_down_retry_after_seconds if down else None
         return PollOutcome(summary, status_code, retry_after=retry_after)
 
-    def _summary(self, results: list[UserResult], error: str | None) -> PollSummary:
+    def _stopped_because(self) -> tuple[str | None, str | None]:
+        """Why the run stopped early (a code and a sentence), or (None, None)."""
+        if self.reachability.tripped:
+            # Unreachable wins: users failing on it also look "unavailable" to the other one.
+            synced = sum(1 for r in self.results if r.status == "processed")
+            skipped = sum(1 for r in self.results if r.reason == "gitlab_unreachable")
+            return "gitlab_unreachable", (
+                f"{self.reachability.describe()}. The run stopped early: {synced} of "
+                f"{len(self.results)} users synced, {skipped} not attempted; nothing is lost "
+                "(unsynced projects keep their cursors for the next run)"
+            )
+        if self.detector.down:
+            return "gitlab_unavailable", None
+        return None, None
+
+    def _summary(
+        self, results: list[UserResult], error: str | None, detail: str | None = None
+    ) -> PollSummary:
         return summarize(
             results=results,
             run_id=self.run_id,
@@ -213,6 +243,7 @@ class _Run:
             started_at=self.started_at,
             duration_ms=round((perf_counter() - self.t0) * 1000),
             error=error,
+            detail=detail,
             auth=self.auth,
             shard=self.shard,
         )
@@ -235,6 +266,7 @@ async def _record_run(deps: SyncDeps, summary: PollSummary, status_code: int, lo
                 processed=summary.processed,
                 failed=summary.failed,
                 skipped=summary.skipped,
+                skipped_reasons=summary.skipped_reasons,
                 events_stored=summary.events.stored,
                 events_updated=summary.events.updated,
                 error=summary.error,

@@ -16,16 +16,29 @@ from datetime import datetime, timedelta
 from app import metrics
 from app.db import repository as repo
 from app.db.models import MonitoredProject, SyncCursor, utcnow
-from app.db.rows import CursorMove, EventRow
+from app.db.rows import CursorMove, EventRow, WorkItemBundle
 from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabBadResponse
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.settings import Settings
 from app.sync import access
-from app.sync.deletions import ALL_HISTORY, Candidates, first_reconcile_at, missing_comments
+from app.sync.deletions import (
+    ALL_HISTORY,
+    Candidates,
+    StoredProject,
+    first_reconcile_at,
+    missing_comments,
+)
 from app.sync.deps import SyncDeps
 from app.sync.removals import confirm_gone, load_stored, remove_events
-from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
+from app.sync.threads import read_work_item
+from app.sync.transform import (
+    merge_people,
+    project_ref_of,
+    transform_issue,
+    transform_merge_request,
+    transform_note,
+)
 
 # Pages of one list whose notes and storage may run while the next page is fetched.
 PAGES_IN_FLIGHT = 4
@@ -65,15 +78,22 @@ def fetch_since(
     cursor: SyncCursor | None,
     last_sync_at: datetime | None,
     now: datetime,
+    *,
+    work_items: bool = False,
 ) -> datetime | None:
-    """Where this project's fetch starts: cursor minus overlap, else LastSync, else backfill."""
+    """Where this project's fetch starts: cursor minus overlap, else LastSync, else backfill.
+
+    `work_items` (the newest app's schema): LastSync is no watermark there. The newest app
+    fetches only the 25 most recently updated open issues and MRs and moves LastSync anyway
+    (its Refresh button too), so a project without a cursor of ours is backfilled.
+    """
     overlap = timedelta(seconds=settings.sync_overlap_seconds)
     if cursor is not None and cursor.cursor_at is not None:
         return cursor.cursor_at - overlap
     # Adopted database: the original's per-user LastSync covers projects that existed then.
     # A project added after it never had its history fetched, so it is backfilled, and so is
     # one whose access came back after a loss.
-    if last_sync_at is not None and _adopted(project, cursor, last_sync_at):
+    if not work_items and last_sync_at is not None and _adopted(project, cursor, last_sync_at):
         return last_sync_at - overlap
     if settings.sync_backfill_days == 0:
         return None
@@ -144,7 +164,14 @@ async def _fetch(
     # The cursor moves to when this fetch STARTED: anything changed during the fetch is at
     # or after it, so the next run sees it (the original lost such changes).
     fetch_started = utcnow()
-    since = fetch_since(deps.settings, project, cursor, last_sync_at, fetch_started)
+    since = fetch_since(
+        deps.settings,
+        project,
+        cursor,
+        last_sync_at,
+        fetch_started,
+        work_items=deps.profile.work_items,
+    )
     listing = _Listing(deps, user_id, client, project, since, fetch_started, outcome)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(listing.sync("Issue"))
@@ -204,13 +231,18 @@ class _Listing:
         self.user_id = user_id
         self.client = client
         self.project = project
-        self.ref = ProjectRef(project.gitlabProjectId, project.projectName, project.projectPath)
+        self.ref = project_ref_of(project, deps.profile)
         self.since = since
         self.fetch_started = fetch_started
         self.outcome = outcome
+        # The newest app's schema: every note of a changed item is read (its threads), the
+        # item stored with them as a work item (transform.work_item_bundle).
+        self.work_items = deps.profile.work_items
         # Item event id -> its comment event ids, for items whose notes were read whole
         # (no `since`): the stored comments they lack were deleted at GitLab.
         self.notes_read: dict[str, set[str]] = {}
+        # Work items: item url -> comments linked to its row that its threads no longer hold.
+        self.unlisted_comments: dict[str, list[str]] = {}
 
     async def sync(self, kind: NoteableType) -> None:
         """Every page of issues (or MRs) since `since`, with their new notes, stored.
@@ -267,18 +299,16 @@ class _Listing:
     ) -> None:
         """A page and its items' new notes, stored in one transaction."""
         try:
-            rows = [self._row(item) for item in page]
-            noted = [item for item in page if item.user_notes_count > 0]
-            parts = await asyncio.gather(*(self._notes(kind, item) for item in noted))
-            notes = [row for part in parts for row in part]
-            if self.since is None:  # every note of these items was read
-                ids = {item.id: row["gitlabEventId"] for item, row in zip(page, rows, strict=True)}
-                for item, part in zip(noted, parts, strict=True):
-                    self.notes_read[ids[item.id]] = {row["gitlabEventId"] for row in part}
+            if self.work_items:
+                reads = (read_work_item(self.client, self.ref, item) for item in page)
+                bundles = await asyncio.gather(*reads)
+                pending = self._write_work_items(kind, bundles)
+            else:
+                pending = self._write(kind, *await self._rows_and_notes(kind, page))
             # A failing sibling listing cancels this task; a statement cut off mid-way would
             # cost the connection (on PostgreSQL the one holding the user's lock). So the
             # write finishes first (storing it is harmless), then the cancellation goes on.
-            write = asyncio.ensure_future(self._write(kind, rows, notes))
+            write = asyncio.ensure_future(pending)
             try:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
@@ -287,13 +317,45 @@ class _Listing:
         finally:
             gate.release()
 
+    async def _rows_and_notes(
+        self, kind: NoteableType, page: Sequence[Item]
+    ) -> tuple[list[EventRow], list[EventRow]]:
+        """The story schema: the items' rows, and their notes new since `since`."""
+        rows = [self._row(item) for item in page]
+        noted = [item for item in page if item.user_notes_count > 0]
+        parts = await asyncio.gather(*(self._notes(kind, item) for item in noted))
+        if self.since is None:  # every note of these items was read
+            ids = {item.id: row["gitlabEventId"] for item, row in zip(page, rows, strict=True)}
+            for item, part in zip(noted, parts, strict=True):
+                self.notes_read[ids[item.id]] = {row["gitlabEventId"] for row in part}
+        return rows, [row for part in parts for row in part]
+
+    async def _write_work_items(self, kind: NoteableType, bundles: list[WorkItemBundle]) -> None:
+        people = merge_people(p for b in bundles for p in b.people)
+        async with self.deps.session() as s, s.begin():
+            stored = await repo.store_work_items(
+                s, self.user_id, self.deps.profile, bundles, people
+            )
+        for bundle in bundles:
+            read = {note["gitlabEventId"] for note in bundle.notes}
+            gone = stored.linked.get(bundle.item["gitlabEventId"], set()) - read
+            if gone:
+                self.unlisted_comments.setdefault(bundle.item["gitlabUrl"], []).extend(sorted(gone))
+        self._count(kind, stored.items, stored.notes)
+
     async def remove_deleted_comments(self) -> None:
         """Stored comments of the items whose notes were read whole that GitLab no longer
         lists, each confirmed gone by GitLab first (removals.py)."""
-        if not self.notes_read:
+        if self.unlisted_comments:
+            stored = StoredProject(comments=self.unlisted_comments)
+            candidates = Candidates(
+                comments=[c for ids in self.unlisted_comments.values() for c in ids]
+            )
+        elif self.notes_read:
+            stored = await load_stored(self.deps, self.user_id, self.ref)
+            candidates = Candidates(comments=missing_comments(stored, self.notes_read))
+        else:
             return
-        stored = await load_stored(self.deps, self.user_id, self.ref)
-        candidates = Candidates(comments=missing_comments(stored, self.notes_read))
         if not candidates.comments:
             return
         pid = self.project.gitlabProjectId
@@ -304,6 +366,11 @@ class _Listing:
         async with self.deps.session() as s, s.begin():
             items_counts = await repo.upsert_events(s, self.user_id, rows)
             notes_counts = await repo.upsert_events(s, self.user_id, notes)
+        self._count(kind, items_counts, notes_counts)
+
+    def _count(
+        self, kind: NoteableType, items_counts: repo.UpsertCounts, notes_counts: repo.UpsertCounts
+    ) -> None:
         self.outcome.pages_stored += 1
         label = "issue" if kind == "Issue" else "merge_request"
         for name, counts in ((label, items_counts), ("comment", notes_counts)):

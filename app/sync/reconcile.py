@@ -14,6 +14,11 @@ merge requests of every state, on a grid that spreads the pairs over the interva
 - listed items not stored (made visible again without an edit: a member re-added to a
   public project, an issue no longer confidential) are stored with their notes, unless the
   window is unknown (a project synced before this version: reconciliation only removes).
+- On the newest app's schema (work items), an item is read as a work item (every thread)
+  and rewritten whole when it is missing, when its stored comments (system notes aside)
+  differ from its `user_notes_count`, or when its row or its comments' rows lack the newer
+  columns: rows written before the app was upgraded get their activity, links and
+  "projectId" convention here.
 
 Removal happens only after both listings completed, every page fetched without an error
 (any error stops the reconciliation: nothing removed, due again soon). Then either each
@@ -51,7 +56,15 @@ from app.sync.deletions import (
 from app.sync.deps import SyncDeps
 from app.sync.removals import confirm_gone, count_removal, load_stored
 from app.sync.results import ReconcileCounts, UserResult
-from app.sync.transform import ProjectRef, transform_issue, transform_merge_request, transform_note
+from app.sync.threads import read_work_item
+from app.sync.transform import (
+    ProjectRef,
+    merge_people,
+    project_ref_of,
+    transform_issue,
+    transform_merge_request,
+    transform_note,
+)
 
 Item = GitLabIssue | GitLabMergeRequest
 # A failed reconciliation is tried again after this (or the interval, if shorter).
@@ -93,7 +106,13 @@ async def reconcile_due(
         metrics.GITLAB_REQUESTS.labels(info.endpoint, str(info.status or "error")).inc()
 
     # A client of its own: its requests are counted apart from the sync's.
-    client = GitLabClient(deps.gitlab_wire(), deps.settings, token, on_request=count_request)
+    client = GitLabClient(
+        deps.gitlab_wire(),
+        deps.settings,
+        token,
+        on_request=count_request,
+        reachability=deps.reachability,
+    )
     for project in due:
         await _reconcile_or_postpone(deps, user_id, client, project, cursors, result)
 
@@ -129,7 +148,7 @@ async def _reconcile(
     result: UserResult,
 ) -> None:
     """List, decide, remove (or hold), schedule the next one."""
-    ref = ProjectRef(project.gitlabProjectId, project.projectName, project.projectPath)
+    ref = project_ref_of(project, deps.profile)
     stored = await load_stored(deps, user_id, ref)
     inventory = _Inventory(deps, user_id, client, ref, stored, cursor.backfill_from, result)
     async with asyncio.TaskGroup() as tg:
@@ -141,7 +160,7 @@ async def _reconcile(
     interval_s = deps.settings.reconcile_interval_hours * 3600
     due = next_slot(now, interval_s, spread_offset(user_id, ref.gitlab_project_id, interval_s))
     async with deps.session() as s, s.begin():
-        removed = await repo.delete_events(s, user_id, gone)
+        removed = await repo.delete_events(s, user_id, gone, deps.profile)
         await repo.record_reconciliation(
             s, user_id, ref.gitlab_project_id, reconciled_at=now, due_at=due, held=held
         )
@@ -216,6 +235,9 @@ class _Inventory:
 
     async def read(self, kind: NoteableType) -> None:
         async for page in self._pages(kind):
+            if self.deps.profile.work_items:
+                await self._store_work_items(page)
+                continue
             rows = [self._row(item) for item in page]
             self.listed.update(row["gitlabEventId"] for row in rows)
             missing = [
@@ -230,6 +252,38 @@ class _Inventory:
                 and len(self.stored.comments_of(row["gitlabEventId"])) != item.user_notes_count
             ]
             await self._store(kind, missing, recount)
+
+    async def _store_work_items(self, page: Sequence[Item]) -> None:
+        """Work items: listed, and rewritten whole (every thread read) where stored rows
+        cannot be trusted to match: missing, a comment count that differs, or rows without
+        the newer columns."""
+        rewrite: list[Item] = []
+        for item in page:
+            key = f"{'issue' if isinstance(item, GitLabIssue) else 'mr'}-{item.id}"
+            self.listed.add(key)
+            if key not in self.stored.items:
+                if self.stores_missing:
+                    rewrite.append(item)
+            elif (
+                not self.stored.is_complete(key)
+                or self.stored.user_comment_count(key) != item.user_notes_count
+            ):
+                rewrite.append(item)
+        if not rewrite:
+            return
+        bundles = await asyncio.gather(*(read_work_item(self.client, self.ref, i) for i in rewrite))
+        for bundle in bundles:
+            self.notes_read[bundle.item["gitlabEventId"]] = {
+                n["gitlabEventId"] for n in bundle.notes
+            }
+        people = merge_people(p for b in bundles for p in b.people)
+        async with self.deps.session() as s, s.begin():
+            stored = await repo.store_work_items(
+                s, self.user_id, self.deps.profile, bundles, people
+            )
+        for counts in (stored.items, stored.notes):
+            self.result.stored += counts.inserted
+            self.result.updated += counts.updated
 
     def _pages(self, kind: NoteableType) -> AsyncIterator[Sequence[Item]]:
         pid = self.ref.gitlab_project_id

@@ -36,7 +36,7 @@ Cause = Literal["access_lost", "reconciliation", "notes"]
 async def load_stored(deps: SyncDeps, user_id: str, ref: ProjectRef) -> StoredProject:
     """The user's stored events of the project, indexed for removal decisions."""
     async with deps.session() as s:
-        rows = await repo.project_events(s, user_id, ref.event_project_id)
+        rows = await repo.project_events(s, user_id, ref.event_project_ids, deps.profile)
     return StoredProject.from_events(StoredEvent(*r) for r in rows)
 
 

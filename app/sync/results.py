@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,20 @@ RUN_ERRORS: dict[str, str] = {
     "database_unavailable": "the database is unreachable; the run did not start",
     "gitlab_unavailable": "GitLab is unavailable: several users in a row failed with "
     "GitLab errors, the rest were skipped",
+    "gitlab_unreachable": "GitLab cannot be reached: several requests in a row could not "
+    "connect; the run stopped early and users not attempted were skipped",
 }
+
+
+def skip_reasons_text(reasons: Mapping[str, int] | None) -> str:
+    """Why users were skipped, for run lines and tables: `fresh` when one reason covers them
+    all, else `2 fresh, 1 no_token` (most frequent first); empty when none were."""
+    if not reasons:
+        return ""
+    if len(reasons) == 1:
+        return next(iter(reasons))
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {reason}" for reason, n in ranked)
 
 
 class UserSkipped(Exception):
@@ -77,7 +91,8 @@ class UserResult(BaseModel):
             "Why a user was skipped or failed: fresh, in_progress, no_token, token_expired, "
             "token_revoked, token_invalid, token_insufficient_scope, token_refresh_failed, "
             "not_found, no_projects, "
-            "gitlab_unavailable, rate_limited, database_unavailable, projects_failed, "
+            "gitlab_unavailable, gitlab_unreachable (not attempted: the run found GitLab "
+            "unreachable), rate_limited, database_unavailable, projects_failed, "
             "deadline_exceeded, lease_lost, error"
         ),
     )
@@ -97,6 +112,19 @@ class UserResult(BaseModel):
 
 AuthMethodName = Literal["inngest_signature", "bearer", "oidc", "unsigned"]
 
+# Who started a run, recorded apart from how its caller authenticated (README, "Calling
+# /api/poll"; app/api/callers.py tells the /api/poll callers apart).
+TriggerName = Literal[
+    "scheduler", "cloud_scheduler", "vercel_cron", "manual", "api", "inngest", "cli", "app_refresh"
+]
+TRIGGER_DESCRIPTION = (
+    "Who started the run: scheduler (the built-in one), cloud_scheduler (Google Cloud "
+    "Scheduler), vercel_cron (Vercel Cron), manual (another /api/poll caller naming "
+    "user_ids), api (another /api/poll caller: curl, a crontab), inngest (the Inngest "
+    "functions at /api/inngest), cli (gitlab-insights poll), app_refresh (the original app's "
+    "Refresh button, followed by `serve`). How it authenticated is `auth`."
+)
+
 
 class RunAuth(BaseModel):
     """How the caller that started a run authenticated (recorded with the run)."""
@@ -110,6 +138,11 @@ class RunAuth(BaseModel):
     email: str | None = Field(None, description="The service account of an OIDC caller")
 
 
+def run_auth(method: str | None, email: str | None) -> RunAuth | None:
+    """A run record's auth columns as the object every answer shows (None when not kept)."""
+    return None if method is None else RunAuth.model_validate({"method": method, "email": email})
+
+
 class EventCounts(BaseModel):
     stored: int = 0
     updated: int = 0
@@ -119,52 +152,12 @@ class EventCounts(BaseModel):
 class PollSummary(BaseModel):
     """The original job's summary plus what happened to each user."""
 
+    # The documented example is built from these models (example_summary): it cannot miss
+    # a field the answer has.
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "success": True,
-                    "processed": 2,
-                    "failed": 0,
-                    "skipped": 1,
-                    "total": 3,
-                    "skipped_reasons": {"no_token": 1},
-                    "run_id": "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b",
-                    "trigger": "cloud_scheduler",
-                    "auth": {
-                        "method": "oidc",
-                        "email": "scheduler@my-project.iam.gserviceaccount.com",
-                    },
-                    "started_at": "2026-11-29T12:00:00.000Z",
-                    "duration_ms": 812,
-                    "events": {"stored": 148, "updated": 3},
-                    "users": [
-                        {
-                            "user_id": "u1",
-                            "status": "processed",
-                            "reason": None,
-                            "stored": 100,
-                            "updated": 3,
-                            "projects": 3,
-                            "failed_projects": [],
-                            "attempts": 1,
-                            "duration_ms": 640,
-                        },
-                        {
-                            "user_id": "u3",
-                            "status": "skipped",
-                            "reason": "no_token",
-                            "stored": 0,
-                            "updated": 0,
-                            "projects": 1,
-                            "failed_projects": [],
-                            "attempts": 0,
-                            "duration_ms": 2,
-                        },
-                    ],
-                }
-            ]
-        }
+        json_schema_extra=lambda schema: schema.update(
+            examples=[example_summary().model_dump(mode="json")]
+        )
     )
 
     success: bool = Field(
@@ -185,14 +178,11 @@ class PollSummary(BaseModel):
         description='How many users were skipped for each reason, e.g. {"fresh": 2}',
     )
     run_id: str
-    trigger: str = Field(
-        "api",
-        description="Who started the run: scheduler, cloud_scheduler, inngest, vercel_cron, "
-        "api, cli",
-    )
+    trigger: TriggerName = Field("api", description=TRIGGER_DESCRIPTION)
     auth: RunAuth | None = Field(
         None,
-        description="How the /api/poll caller authenticated; null for other runs (CLI, Inngest)",
+        description="How the caller (of /api/poll, or Inngest calling /api/inngest) "
+        "authenticated; null for CLI runs, which have no caller to authenticate",
     )
     started_at: datetime
     duration_ms: int
@@ -202,7 +192,7 @@ class PollSummary(BaseModel):
     error: str | None = Field(
         None,
         description="503 only: why the run could not run, as a code "
-        "(database_unavailable, gitlab_unavailable)",
+        "(database_unavailable, gitlab_unavailable, gitlab_unreachable)",
     )
     detail: str | None = Field(None, description="503 only: the same, for a human")
     shard: int | None = Field(None, description="The shard this run synced (sharded polls)")
@@ -213,15 +203,18 @@ def summarize(
     *,
     results: list[UserResult],
     run_id: str,
-    trigger: str,
+    trigger: TriggerName,
     started_at: datetime,
     duration_ms: int,
     error: str | None = None,
+    detail: str | None = None,
     auth: RunAuth | None = None,
     shard: Shard | None = None,
 ) -> PollSummary:
     """The run's summary. `error` (the run could not run) is a code or the poller's words
-    for one ("database unavailable"); the summary carries the code and a sentence."""
+    for one ("database unavailable"); the summary carries the code and a sentence: `detail`
+    if given (it names what only the run knows, such as the unreachable host), else the
+    code's own."""
     processed = sum(1 for r in results if r.status == "processed")
     failed = sum(1 for r in results if r.status == "failed")
     skipped_reasons: dict[str, int] = {}
@@ -234,10 +227,10 @@ def summarize(
         n for reason, n in skipped_reasons.items() if reason in DONE_SKIP_REASONS
     )
     total = len(results)
-    code = detail = None
+    code = text = None
     if error is not None:
         code = "_".join(error.strip().lower().split()) or "error"
-        detail = RUN_ERRORS.get(code, error)
+        text = detail or RUN_ERRORS.get(code, error)
     return PollSummary(
         success=(done > 0 or total == 0) and error is None,
         processed=processed,
@@ -254,7 +247,7 @@ def summarize(
         reconciliation=_reconcile_counts(results),
         users=results,
         error=code,
-        detail=detail,
+        detail=text,
         shard=shard.index if shard else None,
         shards=shard.count if shard else None,
     )
@@ -273,3 +266,53 @@ def _reconcile_counts(results: list[UserResult]) -> ReconcileCounts:
     for r in results:
         total += r.reconciliation
     return total
+
+
+# --- the documented examples (OpenAPI), built like a real answer --------------------------------
+
+EXAMPLE_RUN_ID = "6f1c2b0e3a4d4e1f9b7a0c1d2e3f4a5b"
+EXAMPLE_STARTED_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def example_summary() -> PollSummary:
+    """A Cloud Scheduler poll: two users processed (one reconciled a project and removed what
+    GitLab no longer shows), one skipped without a token."""
+    return summarize(
+        results=[
+            UserResult(
+                user_id="u1",
+                status="processed",
+                stored=100,
+                updated=3,
+                removed=2,
+                reconciliation=ReconcileCounts(projects=1, requests=2),
+                projects=3,
+                attempts=1,
+                duration_ms=640,
+            ),
+            UserResult(
+                user_id="u2", status="processed", stored=48, projects=2, attempts=1, duration_ms=410
+            ),
+            UserResult(
+                user_id="u3", status="skipped", reason="no_token", projects=1, duration_ms=2
+            ),
+        ],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="cloud_scheduler",
+        auth=RunAuth(method="oidc", email="scheduler@my-project.iam.gserviceaccount.com"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=812,
+    )
+
+
+def example_unavailable() -> PollSummary:
+    """The 503 answer: the database was unreachable, the run did not start."""
+    return summarize(
+        results=[],
+        run_id=EXAMPLE_RUN_ID,
+        trigger="scheduler",
+        auth=RunAuth(method="inngest_signature"),
+        started_at=EXAMPLE_STARTED_AT,
+        duration_ms=4,
+        error="database_unavailable",
+    )

@@ -148,7 +148,7 @@ async def _sync(deps: SyncDeps, lease: UserLease, result: UserResult, *, manual:
             # One transaction: the idle projects' cursors, LastSync and the lease's release.
             async with lease.session() as s, s.begin():
                 await repo.advance_cursors(s, lease.user_id, synced.pending_cursors)
-                await repo.upsert_last_sync(s, lease.user_id, started)
+                await repo.upsert_last_sync(s, lease.user_id, started, mark=deps.profile.work_items)
                 await lease.release(s)
             result.status = "processed"
             return
@@ -202,7 +202,13 @@ async def sync_projects(
     outcomes: dict[str, ProjectOutcome] = {}
     for attempt in range(1, policy.attempts + 1):
         result.attempts = attempt
-        client = GitLabClient(deps.gitlab_wire(), deps.settings, token, on_request=_record_request)
+        client = GitLabClient(
+            deps.gitlab_wire(),
+            deps.settings,
+            token,
+            on_request=_record_request,
+            reachability=deps.reachability,
+        )
         done = await _sync_pending(deps, lease, client, pending, cursors, last_sync_at)
         outcomes.update((o.project.gitlabProjectId, o) for o in done)
         # Counted as it happens, over every attempt: what a failed attempt stored stays
@@ -226,7 +232,7 @@ async def sync_projects(
             pending = [o.project for o in failed]
             continue
         pending = [o.project for o in failed if is_transient(o.error)]
-        if not pending or not policy.retries_left(attempt):
+        if not pending or not policy.retries_left(attempt) or _run_gave_up(deps):
             break
         await retry.sleep(policy.delay(attempt, _requested_wait(failed)))
     await _after_sync(deps, user_id, token, claim, list(outcomes.values()), result)
@@ -284,6 +290,11 @@ async def _after_sync(
     ]
     synced = [o.project for o in outcomes if o.error is None and o.access_lost_at is None]
     await reconcile_due(deps, user_id, token, claim.cursors, synced, result)
+
+
+def _run_gave_up(deps: SyncDeps) -> bool:
+    """The run found GitLab unreachable: another attempt would send nothing (reachability.py)."""
+    return deps.reachability is not None and deps.reachability.tripped
 
 
 def _requested_wait(failed: list[ProjectOutcome]) -> float | None:

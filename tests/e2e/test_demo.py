@@ -24,6 +24,9 @@ POLL_LINE = re.compile(
 ANY_POLL = re.compile(r"poll #(\d+) \((\w+), HTTP (\d+)\): .*the Event table holds (\d+) rows")
 USER_LINE = re.compile(r"^  user (\S+)  id (\S+)$")
 CURL_ONE = re.compile(r"curl .*-H 'Authorization: Bearer (\S+)' .*\"user_ids\": \[\"(\S+)\"\]")
+CLI_LINE = re.compile(r"^  (DATABASE_URL=\S+ GITLAB_INSTANCE_URL=\S+ \S+ poll)$")
+# Only the poll at start: a scheduled one in the middle would make users `in_progress`.
+NEVER_DURING_THE_TEST = "0 0 1 1 *"
 
 
 def _reader(stream, lines: queue.Queue) -> None:
@@ -38,12 +41,17 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
         k: v
         for k, v in os.environ.items()
         # A developer's own configuration must not leak into the demo.
-        if not k.startswith(("DATABASE_", "GITLAB_", "INNGEST_", "LOG_", "ALLOW_UNSIGNED"))
+        if not k.startswith(
+            ("DATABASE_", "GITLAB_", "INNGEST_", "LOG_", "ALLOW_UNSIGNED", "MIN_REFRESH")
+        )
     }
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gitlab_sim", "demo", "--port", str(port), "--dir", "demo-data"],
+        [
+            *(sys.executable, "-m", "gitlab_sim", "demo", "--port", str(port)),
+            *("--dir", "demo-data", "--cron", NEVER_DURING_THE_TEST),
+        ],
         cwd=tmp_path,  # a fresh folder: no scheduler.yaml, no .env
         env=env,
         stdout=subprocess.PIPE,
@@ -88,8 +96,43 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
             timeout=30,
         )
         assert r.status_code == 200, r.text
-        manual = wait_for(re.compile(r"poll #\d+ \(api, HTTP 200\): .* of 1 users"))
-        assert manual
+        # It syncs (the demo's own poll just ran, but the demo lets refreshes through), and
+        # the banner says why.
+        assert r.json()["processed"] == 1, r.text
+        wait_for(
+            re.compile(r"poll #\d+ \(manual, HTTP 200\): 1 processed, 0 failed, 0 skipped of 1")
+        )
+        assert "(it always syncs: the demo sets MIN_REFRESH_INTERVAL_SECONDS=0;" in output
+
+        # The printed command line works as pasted, from another folder: it aims at the demo's
+        # database and simulator, and its run is printed by the demo like any other.
+        cli = next(m.group(1) for ln in seen if (m := CLI_LINE.match(ln)))
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        shell = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+        done = subprocess.run(
+            ["bash", "-c", cli],
+            cwd=elsewhere,
+            env=shell,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "3 processed, 0 failed, 0 skipped of 3 users" in done.stdout, done.stdout
+        wait_for(re.compile(r"poll #\d+ \(cli, HTTP 200\): 3 processed, 0 failed"))
+        assert list(elsewhere.iterdir()) == []  # no stray ./gitlab-insights.db
+        # A skipped user's reason is printed, by the command and in the demo's run line.
+        fresh = subprocess.run(
+            ["bash", "-c", f"{cli} --user {next(iter(users))}"],
+            cwd=elsewhere,
+            env={**shell, "MIN_REFRESH_INTERVAL_SECONDS": "3600"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "1 skipped (fresh) of 1 users" in fresh.stdout, fresh.stdout + fresh.stderr
+        wait_for(re.compile(r"\(cli, HTTP 200\): 0 processed, 0 failed, 1 skipped \(fresh\) of 1"))
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -115,7 +158,7 @@ def test_demo_polls_with_events_and_stops_cleanly_on_sigint(tmp_path):
         runs = conn.execute("SELECT trigger, status_code, events_stored FROM poll_run").fetchall()
         events = conn.execute('SELECT count(*) FROM "Event"').fetchone()[0]
     assert runs[0] == ("scheduler", 200, stored)
-    assert ("api", 200) in {(t, c) for t, c, _ in runs}
+    assert ("manual", 200) in {(t, c) for t, c, _ in runs}
     # Every run was printed, and the count printed last is the database's.
     printed = [m for ln in seen if (m := ANY_POLL.search(ln))]
     assert len(printed) == len(runs), output

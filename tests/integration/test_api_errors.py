@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 
+from app import retry
 from app.api.errors import ErrorBody
 from app.db.migrate import upgrade_to_head
 from app.main import create_app
@@ -227,6 +228,8 @@ async def test_the_built_in_scheduler_still_reports_what_went_wrong(sqlite_url, 
     assert refused.error == "HTTP 401: unauthorized"
 
     down_url = f"sqlite+aiosqlite:///{tmp_path}/missing-dir/x.db"
-    down = await fire(create_app(make_settings(down_url)), SIGNING_KEY)
+    with retry.recorded_waits() as waits:  # the scheduler's retries of a 503, not slept
+        down = await fire(create_app(make_settings(down_url)), SIGNING_KEY)
+    assert waits, "a 503 is retried"
     assert down is not None and down.status_code == 503
     assert down.error == "HTTP 503: database_unavailable"

@@ -24,6 +24,9 @@ TOKEN = "cli-test-token-0123456789"
 def run(db_url, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", db_url)
+    # Nothing listens there: a test that means to reach GitLab starts the simulator, and no
+    # test ever asks gitlab.com (the default).
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", "http://127.0.0.1:9")
     monkeypatch.delenv("GITLAB_TOKEN", raising=False)
     runner = CliRunner()
 
@@ -41,8 +44,11 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_users_add_list_remove(run):
-    r = run("users", "add", "--email", "ada@example.com", "--name", "Ada", "--token", TOKEN)
+def test_users_add_list_remove(run, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    sim.world.create_user("bob", "Bob")
+    ada_token, bob_token = sim.token("user1"), sim.token("bob")
+    r = run("users", "add", "--email", "ada@example.com", "--name", "Ada", "--token", ada_token)
     assert r.exit_code == 0, r.output
     r = run(
         "users",
@@ -50,7 +56,7 @@ def test_users_add_list_remove(run):
         "--email",
         "bob@example.com",
         "--token",
-        TOKEN + "b",
+        bob_token,
         "--refresh-token",
         "refresh-abcdef-123",
         "--expires-at",
@@ -60,7 +66,8 @@ def test_users_add_list_remove(run):
     listing = run("users", "list")
     assert listing.exit_code == 0
     assert "ada@example.com" in listing.output and "bob@example.com" in listing.output
-    assert TOKEN not in listing.output and "refresh-abcdef" not in listing.output
+    assert ada_token not in listing.output and bob_token not in listing.output
+    assert "refresh-abcdef" not in listing.output
     data = json.loads(run("users", "list", "--json").output)
     bob = next(u for u in data if u["email"] == "bob@example.com")
     assert bob["has_token"] is True
@@ -70,7 +77,8 @@ def test_users_add_list_remove(run):
 
 
 def test_users_bad_input(run):
-    assert run("users", "add", "--email", "x@example.com", "--token", TOKEN).exit_code == 0
+    r = run("users", "add", "--email", "x@example.com", "--token", TOKEN, "--no-verify")
+    assert r.exit_code == 0, r.output
     assert "already exists" in one_line_error(
         run("users", "add", "--email", "x@example.com", "--token", TOKEN)
     )
@@ -82,7 +90,9 @@ def test_users_bad_input(run):
 
 
 def test_projects_add_list_remove_and_bad_input(run):
-    assert run("users", "add", "--email", "p@example.com", "--token", TOKEN).exit_code == 0
+    # Offline throughout: an unchecked token, projects given with --name and --path.
+    r = run("users", "add", "--email", "p@example.com", "--token", TOKEN, "--no-verify")
+    assert r.exit_code == 0, r.output
     r = run(
         "projects",
         "add",
@@ -134,11 +144,12 @@ def test_migrate_command(empty_db_url, monkeypatch, tmp_path):
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
     r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
     assert r.exit_code == 0 and "created schema" in r.output
-    # One line per action: alembic's set-up and per-revision lines stay out of sight.
-    assert len(r.output.splitlines()) == 1, r.output
+    # One line per action, then the schema flavour: alembic's set-up and per-revision lines
+    # stay out of sight. A database this service creates has the story schema.
+    assert len(r.output.splitlines()) == 2 and r.output.splitlines()[1] == "schema: story"
     r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
     assert r.exit_code == 0 and "already at" in r.output and "(head)" in r.output
-    assert len(r.output.splitlines()) == 1, r.output
+    assert len(r.output.splitlines()) == 2, r.output
 
 
 def test_every_command_is_registered():
@@ -191,7 +202,7 @@ def test_users_add_refuses_invalid_emails(run, bad):
 
 
 def test_emails_are_stored_lower_case_and_unique_regardless_of_case(run, db_url):
-    r = run("users", "add", "--email", " ADA@Example.com ", "--token", TOKEN)
+    r = run("users", "add", "--email", " ADA@Example.com ", "--token", TOKEN, "--no-verify")
     assert r.exit_code == 0, r.output
     assert "ada@example.com" in r.output
     assert query(db_url, 'SELECT email FROM "user"') == [("ada@example.com",)]
@@ -225,7 +236,7 @@ def test_refresh_token_without_oauth_app_warns(run, monkeypatch):
     for name in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI"):
         monkeypatch.delenv(f"GITLAB_OAUTH_{name}", raising=False)
     r = run(
-        "users", "add", "--email", "w@example.com", "--token", TOKEN,
+        "users", "add", "--email", "w@example.com", "--token", TOKEN, "--no-verify",
         "--refresh-token", "refresh-abcdef-123",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -258,12 +269,13 @@ def test_expired_token_that_cannot_be_refreshed_is_refused(run, monkeypatch, db_
     )
     assert "in the past" in line and "GITLAB_OAUTH_" in line
     assert query(db_url, 'SELECT id FROM "user"') == []
-    # With an OAuth app the expired token is refreshed at the next sync: accepted.
+    # With an OAuth app the expired token is refreshed at the next sync: accepted (checked
+    # with GitLab in test_users_add_stores_an_expired_token_that_can_be_refreshed).
     monkeypatch.setenv("GITLAB_OAUTH_CLIENT_ID", "app-id")
     monkeypatch.setenv("GITLAB_OAUTH_CLIENT_SECRET", "app-secret-0123456789")
     monkeypatch.setenv("GITLAB_OAUTH_REDIRECT_URI", "https://insights.example.com/cb")
     r = run(
-        "users", "add", "--email", "e@example.com", "--token", TOKEN,
+        "users", "add", "--email", "e@example.com", "--token", TOKEN, "--no-verify",
         "--expires-at", past, "--refresh-token", "refresh-abcdef-123",
     )  # fmt: skip
     assert r.exit_code == 0 and "warning" not in r.output, r.output
@@ -366,3 +378,123 @@ def test_wrong_instance_url_sub_path_is_named(run, db_url, sim, monkeypatch):
     assert f"GITLAB_INSTANCE_URL {sim.url}/gitlab looks wrong" in line
     assert f"{sim.url}/gitlab/api/v4 answers 404" in line
     assert query(db_url, 'SELECT id FROM "MonitoredProject"') == []
+
+
+# --- issue 21: `users add` asks GitLab whose token it is ---------------------------------------
+
+
+def stored_accounts(db_url: str) -> list[tuple]:
+    return query(
+        db_url,
+        'SELECT u.email, u.name, a."accountId" FROM "user" u JOIN account a ON a."userId" = u.id',
+    )
+
+
+def test_users_add_checks_the_token_with_one_request_and_names_the_account(
+    run, db_url, sim, monkeypatch
+):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    account = sim.world.user("user1")
+    token = sim.token("user1")
+    sim.world.clear_requests()
+    monkeypatch.setenv("GITLAB_TOKEN", token)
+    r = run("users", "add", "--email", "ada@example.com")
+    assert r.exit_code == 0, r.output
+    assert f"token of GitLab user @{account.username} (id {account.id})" in r.stdout
+    assert token not in r.output
+    assert [(q["method"], q["path"]) for q in sim.world.requests()] == [("GET", "/api/v4/user")]
+    # The GitLab user id is the account's accountId; the name defaults to GitLab's.
+    assert stored_accounts(db_url) == [("ada@example.com", account.name, str(account.id))]
+
+
+def test_users_add_refuses_a_token_gitlab_rejects(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    revoked = sim.world.create_personal_token("user1")
+    sim.world.revoke_token(revoked)
+    for token, why in (
+        ("glpat-not-a-real-token-0123", "unknown or invalid"),
+        (revoked, "it was revoked"),
+    ):
+        r = run("users", "add", "--email", "ada@example.com", "--token", token)
+        line = one_line_error(r)
+        assert line.startswith(f"error: GitLab at {sim.url} rejected the token (401: {why}"), line
+        assert line.endswith("; nothing stored"), line
+        assert token not in r.output
+    assert stored_accounts(db_url) == []
+
+
+def test_users_add_refuses_a_token_without_the_api_scope(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    sim.world.add_fault(kind="status", status=403, path="^/api/v4/user$")
+    line = one_line_error(run("users", "add", "--email", "a@example.com", "--token", TOKEN))
+    assert "lacks the scope" in line and "read_api" in line and "nothing stored" in line, line
+    assert stored_accounts(db_url) == []
+
+
+def test_users_add_names_a_wrong_instance_sub_path(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url + "/gitlab")
+    line = one_line_error(
+        run("users", "add", "--email", "a@example.com", "--token", sim.token("user1"))
+    )
+    assert f"GITLAB_INSTANCE_URL {sim.url}/gitlab looks wrong" in line, line
+    assert stored_accounts(db_url) == []
+
+
+def test_users_add_with_gitlab_unreachable_suggests_no_verify(run, db_url, sim, monkeypatch):
+    # Connection refused (nothing listens) and an instance answering 503: no answer on the
+    # token either way. The check makes one attempt: no retry lines before the error.
+    sim.world.add_fault(kind="status", status=503, path="^/api/v4/user$")
+    for url, cause in (("http://127.0.0.1:9", "unreachable"), (sim.url, "503")):
+        monkeypatch.setenv("GITLAB_INSTANCE_URL", url)
+        r = run("users", "add", "--email", "a@example.com", "--token", TOKEN)
+        line = one_line_error(r)
+        assert line.startswith(f"error: cannot check the token with GitLab at {url}:"), line
+        assert cause in line and "--no-verify" in line, line
+        assert TOKEN not in r.output
+    assert stored_accounts(db_url) == []
+    # Offline set-ups store the token unchecked, with a local accountId.
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", "http://127.0.0.1:9")
+    r = run("users", "add", "--email", "a@example.com", "--token", TOKEN, "--no-verify")
+    assert r.exit_code == 0, r.output
+    assert "token not checked (--no-verify)" in r.stdout and TOKEN not in r.output
+    [(email, name, account_id)] = stored_accounts(db_url)
+    assert (email, name) == ("a@example.com", None) and account_id.startswith("local-")
+
+
+def test_users_add_refuses_a_second_user_on_the_same_gitlab_account(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    monkeypatch.setenv("GITLAB_TOKEN", sim.token("user1"))
+    assert run("users", "add", "--email", "a@example.com").exit_code == 0
+    # Another token of the same GitLab user: (providerId, accountId) is unique.
+    monkeypatch.setenv("GITLAB_TOKEN", sim.world.create_personal_token("user1"))
+    line = one_line_error(run("users", "add", "--email", "b@example.com"))
+    gitlab_id = sim.world.user("user1").id
+    assert line == (
+        f"error: GitLab account @user1 (id {gitlab_id}) is already linked to user "
+        "a@example.com; nothing stored"
+    )
+    assert [row[0] for row in stored_accounts(db_url)] == ["a@example.com"]
+
+
+def test_users_add_stores_an_expired_token_that_can_be_refreshed(run, db_url, sim, monkeypatch):
+    monkeypatch.setenv("GITLAB_INSTANCE_URL", sim.url)
+    token = sim.world.create_personal_token("user1")
+    sim.world.expire_token(token)
+    for name in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI"):
+        monkeypatch.delenv(f"GITLAB_OAUTH_{name}", raising=False)
+    args = ["users", "add", "--email", "e@example.com", "--token", token]
+    args += ["--refresh-token", "refresh-abcdef-123"]
+    # Without an OAuth app GitLab's "expired" is final ...
+    r = run(*args)
+    assert r.exit_code == 1 and "rejected the token (401: it has expired)" in r.stderr, r.output
+    assert stored_accounts(db_url) == []
+    # ... with one, the next sync refreshes it: stored, unchecked, and said so.
+    monkeypatch.setenv("GITLAB_OAUTH_CLIENT_ID", "app-id")
+    monkeypatch.setenv("GITLAB_OAUTH_CLIENT_SECRET", "app-secret-0123456789")
+    monkeypatch.setenv("GITLAB_OAUTH_REDIRECT_URI", "https://insights.example.com/cb")
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert "warning: GitLab says the token has expired" in r.stderr
+    assert "token not checked (expired: the next sync refreshes it)" in r.stdout
+    assert token not in r.output and "refresh-abcdef" not in r.output
+    assert len(stored_accounts(db_url)) == 1

@@ -29,7 +29,7 @@ from app.db.models import Base, User
 from tests.conftest import drop_pg_database, new_pg_database
 
 ORIGINAL = ("user", "account", "MonitoredProject", "Event", "LastSync")
-OURS = ("sync_cursor", "sync_lease", "poll_run")
+OURS = ("sync_cursor", "sync_lease", "poll_run", "sync_user")
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -208,6 +208,45 @@ def test_downgrade_to_base_and_back(db_url: str) -> None:
     assert not set(ORIGINAL) & table_names(db_url)
     assert upgrade_to_head(db_url) == f"created schema at {head_revision()}"
     assert schema_diffs(db_url) == []
+
+
+def test_0006_relabels_signed_poll_runs_only(db_url: str) -> None:
+    # Before 0006 a signed /api/poll call was recorded as trigger "inngest"; the Inngest
+    # functions' own runs had no auth_method. Only the first kind is relabelled.
+    cfg = _config(db_url)
+    command.downgrade(cfg, "0005")
+    rows = {
+        "signed-curl": ("inngest", "inngest_signature"),
+        "inngest-fn": ("inngest", None),
+        "bearer-api": ("api", "bearer"),
+        "cloud": ("cloud_scheduler", "oidc"),
+        "cli": ("cli", None),
+    }
+
+    def insert(conn: sa.Connection) -> None:
+        for run_id, (trigger, method) in rows.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO poll_run (id, trigger, started_at, auth_method) "
+                    "VALUES (:id, :t, :at, :m)"
+                ),
+                {"id": run_id, "t": trigger, "at": datetime(2026, 1, 1), "m": method},
+            )
+        conn.commit()
+
+    run_sync_on(db_url, insert)
+    assert upgrade_to_head(db_url) == f"upgraded from 0005 to {head_revision()}"
+
+    def triggers(conn: sa.Connection) -> dict[str, str]:
+        return dict(conn.execute(sa.text("SELECT id, trigger FROM poll_run")).all())
+
+    assert run_sync_on(db_url, triggers) == {
+        "signed-curl": "api",
+        "inngest-fn": "inngest",
+        "bearer-api": "api",
+        "cloud": "cloud_scheduler",
+        "cli": "cli",
+    }
 
 
 def test_concurrent_upgrades_on_postgres(empty_pg_url: str) -> None:

@@ -7,12 +7,15 @@ Every refusal is checked to run nothing: no poll_run row, no Event, no GitLab re
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from app.cli import cli
 from gitlab_sim.server import SimulatorServer
 from tests.oidc_support import (
     AUDIENCE,
@@ -109,6 +112,17 @@ def test_a_valid_token_runs_a_poll_and_is_recorded(env: Env, key1):
     assert r.status_code == 200 and r.json()["auth"] == {"method": "bearer", "email": None}
     methods = query(env.db_url, "SELECT auth_method FROM poll_run ORDER BY started_at")
     assert [m for (m,) in methods] == ["oidc", "oidc", "bearer"]
+    # One shape everywhere: /api/runs and `runs --json` show the /api/poll answers' object.
+    shown = [
+        {"method": "bearer", "email": None},
+        {"method": "oidc", "email": SERVICE_ACCOUNT},
+        {"method": "oidc", "email": SERVICE_ACCOUNT},
+    ]
+    assert [run["auth"] for run in env.get("/api/runs", token).json()["runs"]] == shown
+    cli_runs = CliRunner().invoke(
+        cli, ["runs", "--json"], env={"DATABASE_URL": env.db_url}, catch_exceptions=False
+    )
+    assert [run["auth"] for run in json.loads(cli_runs.stdout)] == shown
 
 
 def test_a_token_signed_by_a_rotated_key_after_the_jwks_changes(env: Env, key1, key2):

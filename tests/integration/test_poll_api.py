@@ -278,7 +278,12 @@ def test_sync_status_and_metrics(db_url):
         poll, status, one, unauth, signed_get, metrics, ready = asyncio.run(go())
     assert poll.status_code == 200
     assert unauth.status_code == 401 and signed_get.status_code == 200
-    assert ready.json() == {"status": "ok", "database": "ok"}
+    assert ready.json() == {
+        "status": "ok",
+        "database": "ok",
+        "schema": "story",
+        "schema_detail": "story",
+    }
     body = status.json()
     assert body == one.json()
     (user,) = body["users"]
@@ -367,10 +372,57 @@ async def test_get_poll_for_vercel_cron(sqlite_url):
         assert r.json()["trigger"] == "vercel_cron"
         assert (await c.get("/api/poll")).status_code == 401
         r = await c.get("/api/poll", headers=signed(b""))
-        assert r.status_code == 200 and r.json()["trigger"] == "inngest"
+        assert r.status_code == 200 and r.json()["trigger"] == "api"
     assert [
         t for (t,) in query(sqlite_url, "SELECT trigger FROM poll_run ORDER BY started_at")
     ] == [
         "vercel_cron",
-        "inngest",
+        "api",
     ]
+
+
+async def test_who_called_is_recorded_apart_from_how_it_authenticated(sqlite_url):
+    bearer = {"Authorization": f"Bearer {SIGNING_KEY}"}
+    refresh = b'{"user_ids": ["nobody"]}'
+    cloud = {"X-CloudScheduler": "true", "User-Agent": "Google-Cloud-Scheduler"}
+    builtin = {"X-GitLab-Insights-Trigger": "scheduler"}
+    # (headers, body, who, how): the signing key is no caller's name, each sends its own.
+    cases = [
+        (signed(b"{}"), b"{}", "api", "inngest_signature"),  # a script signing like Inngest
+        (signed(refresh), refresh, "manual", "inngest_signature"),
+        (bearer, b"", "api", "bearer"),  # curl, a crontab
+        ({**bearer, "Content-Type": "application/json"}, refresh, "manual", "bearer"),
+        ({**bearer, **cloud}, b"{}", "cloud_scheduler", "bearer"),
+        ({**signed(b"{}"), **builtin}, b"{}", "scheduler", "inngest_signature"),
+        ({**bearer, "User-Agent": "vercel-cron/1.0"}, b"", "vercel_cron", "bearer"),
+    ]
+    async with client_for(make_settings(sqlite_url)) as c:
+        recorded = {}
+        for headers, body, who, how in cases:
+            r = await c.post("/api/poll", content=body, headers=headers)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert (answer["trigger"], answer["auth"]) == (who, {"method": how, "email": None})
+            recorded[answer["run_id"]] = (who, how)
+        listed = (await c.get("/api/runs", headers=bearer)).json()["runs"]
+    assert {r["run_id"]: (r["trigger"], r["auth"]["method"]) for r in listed} == recorded
+    rows = query(sqlite_url, "SELECT id, trigger, auth_method FROM poll_run")
+    assert {run_id: (who, how) for run_id, who, how in rows} == recorded
+
+
+async def test_an_inngest_executor_call_is_no_poll(sqlite_url):
+    # Inngest itself calls /api/inngest; its request body, signed with the right key, is no
+    # /api/poll body: refused, nothing runs (so /api/poll never records trigger "inngest").
+    body = json.dumps(
+        {
+            "event": {"name": "inngest/scheduled.timer", "data": {}},
+            "events": [{"name": "inngest/scheduled.timer", "data": {}}],
+            "ctx": {"run_id": "01H", "attempt": 0, "fn_id": "gitlab-api-polling"},
+            "steps": {},
+            "use_api": False,
+        }
+    ).encode()
+    async with client_for(make_settings(sqlite_url)) as c:
+        r = await c.post("/api/poll", content=body, headers=signed(body))
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert runs(sqlite_url) == 0

@@ -117,9 +117,28 @@ def test_poll_exit_code_when_the_run_fails(run, db_url, sim):
     assert r.exit_code == 1, r.output
     # A revoked token skips the user: nobody processed, so the run did not succeed.
     assert "token_revoked" in r.stdout
-    assert "(FAILED, HTTP 200): 0 processed," in r.stdout
+    assert "(FAILED, HTTP 200): 0 processed, 0 failed, 1 skipped (token_revoked) of 1" in r.stdout
     r = run("--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["success"] is False
+
+
+def test_why_users_were_skipped_is_recorded_with_the_run(run, db_url, sim):
+    from app.cli import cli as root
+
+    token = sim.token("user1")
+    add_user(db_url, "u1@example.com", token, [project_tuple(sim, 1)])
+    add_user(db_url, "u2@example.com", None, [project_tuple(sim, 2)])
+    add_user(db_url, "u3@example.com", sim.token("user3"), [project_tuple(sim, 3)])
+    sim.world.revoke_token(token)
+    assert "1 processed, 0 failed, 2 skipped (1 no_token, 1 token_revoked)" in run().stdout
+    stored = query(db_url, "SELECT skipped_reasons FROM poll_run")
+    assert [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in stored] == [
+        {"no_token": 1, "token_revoked": 1}
+    ]
+    r = CliRunner().invoke(root, ["runs"], catch_exceptions=False)
+    assert "1/0/2 of 3 (1 no_token, 1 token_revoked)" in r.stdout, r.stdout
+    data = json.loads(CliRunner().invoke(root, ["runs", "--json"], catch_exceptions=False).stdout)
+    assert data[0]["skipped_reasons"] == {"no_token": 1, "token_revoked": 1}
 
 
 def test_poll_with_nobody_to_poll_succeeds(run):

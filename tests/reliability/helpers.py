@@ -196,6 +196,8 @@ def check_stored_before(
     project_ids: Iterable[int],
     horizon: datetime,
     got: dict[str, dict] | None = None,
+    *,
+    newest: bool = False,
 ) -> list[str]:
     """Violations of: every ground-truth event of these projects last changed before `horizon`
     is stored, in its current form. Read the horizon (cursor / LastSync) BEFORE calling: the
@@ -205,7 +207,7 @@ def check_stored_before(
     problems = []
     for pid in project_ids:
         with sim.world.lock:  # one consistent snapshot of truth and times
-            want = truth(sim, username, [pid])
+            want = truth(sim, username, [pid], newest=newest)
             times = event_times(sim.world, pid)
         for key, row in want.items():
             if times[key] >= limit:
@@ -235,6 +237,7 @@ def check_all_horizons(
     *,
     sample: int | None = None,
     rng: random.Random | None = None,
+    newest: bool = False,
 ) -> tuple[list[str], int]:
     """Check every (or `sample` random) cursor and LastSync; (violations, horizons checked)."""
     cursors = cursor_rows(db_url)
@@ -245,10 +248,14 @@ def check_all_horizons(
     problems: list[str] = []
     for user_id, pid, cursor_at in cursors:
         username, _ = users[user_id]
-        problems += check_stored_before(db_url, sim, user_id, username, [int(pid)], cursor_at)
+        problems += check_stored_before(
+            db_url, sim, user_id, username, [int(pid)], cursor_at, newest=newest
+        )
     for user_id, last_at in lasts:
         username, pids = users[user_id]
-        problems += check_stored_before(db_url, sim, user_id, username, pids, last_at)
+        problems += check_stored_before(
+            db_url, sim, user_id, username, pids, last_at, newest=newest
+        )
     return problems, len(cursors) + len(lasts)
 
 

@@ -1,7 +1,11 @@
 """Seeded chaos: 100 users, 20% of GitLab responses faulty (every kind, mid-pagination too),
 GitLab data changing during the run. While the run goes on, a sampler checks that no cursor
 and no LastSync ever stands past data that is not stored; after the faults stop, one more
-poll makes the "Event" table equal the simulator's ground truth exactly."""
+poll makes the "Event" table equal the simulator's ground truth exactly.
+
+The same run on the newest app's schema (30 users; threads read whole for every changed
+item, so every fault also lands on the Discussions API): there the ground truth also has the
+work-item columns, each comment's link to its item and the people."""
 
 from __future__ import annotations
 
@@ -9,22 +13,32 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
 from gitlab_sim.server import SimulatorServer
 from gitlab_sim.world import World
+from tests.conftest import drop_pg_database
 from tests.reliability.helpers import ServiceProcess, add_chaos, check_all_horizons
-from tests.support import add_user, assert_equal_truth, project_tuple, query
+from tests.support import (
+    add_user,
+    assert_equal_truth,
+    assert_work_items,
+    newest_pg_database,
+    project_tuple,
+    query,
+)
 
 SEED = 20240607
 USERS = 100
+NEWEST_USERS = 30
 
 
-def _choose_projects(world: World, rng: random.Random) -> dict[str, list[int]]:
+def _choose_projects(world: World, rng: random.Random, users: int) -> dict[str, list[int]]:
     """Each user monitors up to three projects it can see (seeded)."""
     chosen = {}
-    for i in range(1, USERS + 1):
+    for i in range(1, users + 1):
         name = f"user{i}"
         user = world.user(name)
         visible = [p.id for p in world.projects.values() if world.can_see_project(p, user)]
@@ -52,15 +66,30 @@ def _mutate(world: World, rng: random.Random, stop: threading.Event, limit: int)
     return done
 
 
+@pytest.fixture(params=["story", "newest"])
+def chaos_db(request, pg_url) -> Iterator[tuple[str, bool, int]]:
+    """(database URL, newest schema?, users): the story schema this service creates, or a
+    database built from the newest app's own schema."""
+    if request.param == "story":
+        yield pg_url, False, USERS
+        return
+    url = newest_pg_database()
+    try:
+        yield url, True, NEWEST_USERS
+    finally:
+        drop_pg_database(url)
+
+
 @pytest.mark.slow
-def test_chaos_run_loses_nothing_and_cursors_never_pass_unstored_data(pg_url, tmp_path):
+def test_chaos_run_loses_nothing_and_cursors_never_pass_unstored_data(chaos_db, tmp_path):
+    pg_url, newest, user_count = chaos_db
     rng = random.Random(SEED)
     sim = SimulatorServer(
-        seed=SEED, users=USERS, projects=8, issues=10, merge_requests=4, notes=2, days=20
+        seed=SEED, users=user_count, projects=8, issues=10, merge_requests=4, notes=2, days=20
     )
     with sim:
         world = sim.world
-        monitored = _choose_projects(world, rng)
+        monitored = _choose_projects(world, rng, user_count)
         users: dict[str, tuple[str, list[int]]] = {}
         for name, pids in monitored.items():
             uid = add_user(
@@ -104,7 +133,9 @@ def test_chaos_run_loses_nothing_and_cursors_never_pass_unstored_data(pg_url, tm
             checked = samples = 0
             deadline = time.monotonic() + 400
             while poller.is_alive() and time.monotonic() < deadline and samples < 300:
-                found, n = check_all_horizons(pg_url, sim, users, sample=6, rng=sample_rng)
+                found, n = check_all_horizons(
+                    pg_url, sim, users, sample=6, rng=sample_rng, newest=newest
+                )
                 violations += found
                 checked += n
                 samples += 1
@@ -118,9 +149,9 @@ def test_chaos_run_loses_nothing_and_cursors_never_pass_unstored_data(pg_url, tm
             r = outcome["r"]
             assert r.status_code == 200, r.text
             summary = r.json()
-            assert summary["total"] == USERS
+            assert summary["total"] == user_count
             # After the run, every cursor and LastSync at once (no sampling).
-            found, n = check_all_horizons(pg_url, sim, users)
+            found, n = check_all_horizons(pg_url, sim, users, newest=newest)
             assert not found, found[:10]
             assert n > 0
 
@@ -143,7 +174,9 @@ def test_chaos_run_loses_nothing_and_cursors_never_pass_unstored_data(pg_url, tm
             final = r.json()
             assert final["failed"] == 0, [u for u in final["users"] if u["status"] == "failed"]
             for uid, (name, pids) in users.items():
-                assert_equal_truth(pg_url, uid, sim, name, pids)
+                assert_equal_truth(pg_url, uid, sim, name, pids, newest=newest)
+                if newest:
+                    assert_work_items(pg_url, uid, sim, name, pids)
             assert query(pg_url, "SELECT count(*) FROM sync_lease") == [(0,)]
             dupes = query(
                 pg_url,

@@ -8,6 +8,8 @@ import pytest
 from app.security import oidc
 from app.security.oidc import (
     CLOCK_SKEW_SECONDS,
+    MAX_ID_TOKEN_LEN,
+    MAX_KID_LEN,
     KeysUnavailable,
     OIDCError,
     OIDCPolicy,
@@ -29,6 +31,7 @@ from tests.oidc_support import (
     forge_hs256,
     forge_none,
     sign,
+    sign_header,
     tamper,
 )
 
@@ -218,3 +221,165 @@ def test_refused_claims_are_kept_for_the_log_not_the_message(key, keys):
     with pytest.raises(TokenRejected) as info:
         verify(tamper(sign(key, claims()), aud="https://typo.example"), keys)
     assert info.value.log_fields == {}
+
+
+# --- the header: crit, kid and size bounds -----------------------------------------------
+
+
+def test_a_critical_extension_is_refused_even_one_pyjwt_understands(key, keys):
+    # PyJWT itself refuses crit names it does not know, but accepts "b64" (RFC 7797): this
+    # verifier understands no extension, so a validly signed token that makes one critical
+    # is refused (RFC 7515, 4.1.11) whatever PyJWT would do with it.
+    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid, "b64": True}
+    verify(sign_header(key, header, claims()), keys)
+    assert rejected(sign_header(key, {**header, "crit": ["b64"]}, claims()), keys) == (
+        "malformed_token"
+    )
+
+
+def test_the_kid_is_a_non_empty_string_of_at_most_256_characters(key):
+    # A refused kid is missing_kid, decided before any key lookup: never unknown_key, which
+    # would make the caller refetch the issuer's keys for a junk header.
+    longest = RsaKey("k" * MAX_KID_LEN, key.private)
+    keys = parse_jwks({"keys": [longest.jwk()]})
+    assert verify(sign(longest, claims()), keys).email == SERVICE_ACCOUNT
+    too_long = RsaKey("k" * (MAX_KID_LEN + 1), key.private)
+    assert rejected(sign(too_long, claims()), keys) == "missing_kid"
+    assert rejected(sign(key, claims(), kid=""), keys) == "missing_kid"
+
+
+def _token_of_length(key: RsaKey, length: int) -> str:
+    """A valid token of exactly `length` characters (a padding claim, and a header field to
+    reach the lengths base64 of the payload alone skips)."""
+    for extra in range(4):
+        for pad in range(length):
+            token = sign(key, claims(pad="p" * pad), x="x" * extra)
+            if len(token) >= length:
+                break
+        if len(token) == length:
+            return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_the_token_size_bound_is_exact(key, keys):
+    assert verify(_token_of_length(key, MAX_ID_TOKEN_LEN), keys).email == SERVICE_ACCOUNT
+    # Validly signed, one character longer: refused before the signature is looked at.
+    assert rejected(_token_of_length(key, MAX_ID_TOKEN_LEN + 1), keys) == "malformed_token"
+
+
+# --- the claims ----------------------------------------------------------------------------
+
+
+def test_the_configured_issuers_replace_googles(key, keys):
+    policy = OIDCPolicy.build(
+        audiences=[AUDIENCE], service_accounts=[SERVICE_ACCOUNT], issuers=["https://idp.example"]
+    )
+    verify(sign(key, claims(iss="https://idp.example")), keys, policy=policy)
+    assert rejected(sign(key, claims()), keys, policy=policy) == "bad_issuer"
+
+
+def test_the_configured_clock_skew_is_used(key, keys):
+    strict = OIDCPolicy.build(
+        audiences=[AUDIENCE], service_accounts=[SERVICE_ACCOUNT], clock_skew=0
+    )
+    token = sign(key, claims())  # exp NOW + 3600
+    verify(token, keys, now=NOW + 3599, policy=strict)
+    assert rejected(token, keys, now=NOW + 3600, policy=strict) == "expired"
+    assert rejected(token, keys, now=NOW - 1, policy=strict) == "issued_in_future"
+
+
+def test_times_are_checked_against_the_injected_clock_only(key, keys):
+    # A token that expired in 2020 is valid at a 2020 clock: PyJWT's own exp check, which
+    # reads the host's clock, is off; the injected one decides (and says "expired" later).
+    then = 1_600_000_000
+    token = sign(key, claims(now=then))
+    assert verify(token, keys, now=then).email == SERVICE_ACCOUNT
+    assert rejected(token, keys, now=then + 7200) == "expired"
+
+
+def test_claims_the_verifier_does_not_decide_on_never_refuse_a_token(key, keys):
+    # Only iss, aud, email, email_verified and the times decide. A sub that is not a string
+    # is not recorded; a jti of any type is ignored (PyJWT's own checks of both are off).
+    verified = verify(sign(key, claims(sub=112233, jti=42)), keys)
+    assert verified.email == SERVICE_ACCOUNT and verified.subject is None
+
+
+@pytest.mark.parametrize("email", ["", 12345, ["poller@insights-prod.iam.gserviceaccount.com"]])
+def test_an_email_that_is_not_a_non_empty_string_is_a_missing_claim(key, keys, email):
+    assert rejected(sign(key, claims(email=email)), keys) == "missing_claim"
+
+
+# --- what a refusal says ---------------------------------------------------------------------
+
+
+def test_a_refusal_says_its_reason(key, other_key, keys):
+    # str(error) is the 401's detail.
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims()), keys, now=NOW + 7200)
+    assert (info.value.check, str(info.value)) == ("expired", "token has expired")
+    with pytest.raises(UnknownKeyId) as unknown:
+        verify(sign(other_key, claims()), keys)
+    assert unknown.value.check == "unknown_key"
+    assert str(unknown.value) == "token is signed with a key the issuer does not publish"
+
+
+def test_refused_issuer_and_audience_type_are_logged(key, keys):
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(iss="https://evil.example")), keys)
+    assert info.value.log_fields == {"issuer": "https://evil.example"}
+    assert "evil" not in str(info.value)
+    # A list of audiences is refused and logged by its type, not its contents.
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(aud=[AUDIENCE])), keys)
+    assert info.value.log_fields == {"audience": "list"}
+
+
+def test_a_logged_claim_is_cut_to_200_characters(key, keys):
+    long_email = "a" * 300 + "@evil.example"
+    with pytest.raises(TokenRejected) as info:
+        verify(sign(key, claims(email=long_email)), keys)
+    assert info.value.check == "email_not_allowed"
+    assert info.value.log_fields == {"email": "a" * 200}
+
+
+# --- the key set -----------------------------------------------------------------------------
+
+
+def _without(jwk: dict, name: str) -> dict:
+    return {k: v for k, v in jwk.items() if k != name}
+
+
+UNUSABLE_JWKS = {
+    "an EC key": lambda jwk: {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+    "a symmetric key": lambda jwk: {"kty": "oct", "kid": "hs", "k": "c2VjcmV0"},
+    "no kty": lambda jwk: _without(jwk, "kty"),
+    "an encryption key": lambda jwk: {**jwk, "use": "enc"},
+    "an RS512 key": lambda jwk: {**jwk, "alg": "RS512"},
+    "an RSA key marked HS256": lambda jwk: {**jwk, "alg": "HS256"},
+    "no modulus n": lambda jwk: _without(jwk, "n"),
+    "no exponent e": lambda jwk: _without(jwk, "e"),
+    "a modulus that is not base64url": lambda jwk: {**jwk, "n": "!!"},
+    "no kid": lambda jwk: _without(jwk, "kid"),
+    "an empty kid": lambda jwk: {**jwk, "kid": ""},
+    "a numeric kid": lambda jwk: {**jwk, "kid": 7},
+    "a kid over 256 characters": lambda jwk: {**jwk, "kid": "k" * (MAX_KID_LEN + 1)},
+    "not an object": lambda jwk: "junk",
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_JWKS))
+def test_an_unusable_jwk_is_skipped_and_the_keys_after_it_still_read(case, key, other_key):
+    unusable = UNUSABLE_JWKS[case](other_key.jwk())
+    # Listed first, it must neither be kept nor hide the usable key listed after it...
+    assert list(parse_jwks({"keys": [unusable, key.jwk()]})) == [key.kid]
+    # ...and alone it makes the document unusable, so the cache keeps its previous keys.
+    with pytest.raises(ValueError):
+        parse_jwks({"keys": [unusable]})
+
+
+def test_use_and_alg_are_optional_in_a_jwk(key, keys):
+    # RFC 7517 makes both optional: an RSA key that omits them is an RS256 signing key.
+    bare = _without(_without(key.jwk(), "use"), "alg")
+    published = parse_jwks({"keys": [bare]})
+    assert list(published) == [key.kid]
+    assert verify(sign(key, claims()), published).email == SERVICE_ACCOUNT

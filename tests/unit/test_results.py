@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.sync.results import UserResult, summarize
+from app.sync.results import UserResult, skip_reasons_text, summarize
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -73,3 +73,28 @@ def test_a_run_that_could_not_run_fails_with_a_code_and_a_sentence(given, code) 
     assert s.success is False
     assert s.error == code
     assert s.detail and " " in s.detail and s.detail != code
+
+
+def test_a_run_specific_detail_wins_over_the_codes_sentence() -> None:
+    # The unreachable host is known to the run only (sync/poller.py).
+    text = "GitLab at https://gitlab.example.invalid cannot be reached: DNS lookup failed"
+    s = summarize(
+        results=[user("a", "skipped", "gitlab_unreachable")],
+        run_id="r",
+        trigger="cli",
+        started_at=T0,
+        duration_ms=1,
+        error="gitlab_unreachable",
+        detail=text,
+    )
+    assert (s.success, s.error, s.detail) == (False, "gitlab_unreachable", text)
+    assert s.skipped_reasons == {"gitlab_unreachable": 1}
+    assert summary(error="gitlab_unreachable").detail.startswith("GitLab cannot be reached")
+
+
+def test_skip_reasons_text_names_one_reason_or_counts_the_most_frequent_first():
+    assert skip_reasons_text(None) == skip_reasons_text({}) == ""
+    assert skip_reasons_text({"fresh": 3}) == "fresh"
+    assert skip_reasons_text({"no_token": 1, "fresh": 2, "in_progress": 1}) == (
+        "2 fresh, 1 in_progress, 1 no_token"
+    )

@@ -374,18 +374,20 @@ def test_render_output_is_a_gcloud_flags_file(runner, tmp_path, auth):
 
 
 def test_render_without_values_says_what_is_missing(runner):
+    # An option or a setting not given is a usage error (exit code 2), each on its line.
     r = runner("scheduler", "render")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert r.stdout == ""
-    assert "set OIDC_SERVICE_ACCOUNTS" in r.stderr
+    assert "pass --url or set SERVICE_URL" in r.stderr
+    assert "no value for ${OIDC_SERVICE_ACCOUNT}: set OIDC_SERVICE_ACCOUNTS" in r.stderr
     r = runner("scheduler", "render", **OIDC_ENV)
-    assert r.exit_code == 1 and "pass --url or set SERVICE_URL" in r.stderr
+    assert r.exit_code == 2 and "pass --url or set SERVICE_URL" in r.stderr
     r = runner("scheduler", "render", "--auth", "bearer")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "pass --url or set SERVICE_URL" in r.stderr
     assert "set INNGEST_SIGNING_KEY" in r.stderr
     r = runner("scheduler", "render", "--url", "not-a-url", INNGEST_SIGNING_KEY=KEY)
-    assert r.exit_code == 1 and "not an http(s) URL" in r.stderr
+    assert r.exit_code == 2 and "not an http(s) URL" in r.stderr
 
 
 def test_render_refuses_an_audience_the_service_would_refuse(runner):
@@ -394,7 +396,7 @@ def test_render_refuses_an_audience_the_service_would_refuse(runner):
     assert r.exit_code == 1 and r.stdout == ""
     assert "'https://insights.example.com' is not in OIDC_AUDIENCES" in r.stderr
     r = runner("scheduler", "render", "--auth", "basic", **OIDC_ENV)
-    assert r.exit_code == 1 and "not one of oidc, bearer" in r.stderr
+    assert r.exit_code == 2 and "'basic' is not one of 'oidc', 'bearer'" in r.stderr
 
 
 def test_switching_auth_back_and_forth_keeps_everything_else():
@@ -447,11 +449,14 @@ def test_render_shards_writes_one_job_per_shard_that_check_accepts_together(runn
 
 def test_render_shards_needs_an_out_dir_and_a_sane_count(runner, tmp_path):
     r = runner("scheduler", "render", "--shards", "2", SERVICE_URL=URL, **OIDC_ENV)
-    assert r.exit_code == 1 and "--out-dir" in r.stderr
+    assert r.exit_code == 2 and "--out-dir" in r.stderr
     for n in ("0", "1001"):
         args = ("--shards", n, "--out-dir", str(tmp_path))
         r = runner("scheduler", "render", *args, SERVICE_URL=URL, **OIDC_ENV)
-        assert r.exit_code == 1 and "shards must be between 1 and 1000" in r.stderr
+        assert r.exit_code == 2 and "Invalid value for '--shards'" in r.stderr
+        assert ("greater than or equal to 1" if n == "0" else "less than or equal to 1000") in (
+            r.stderr
+        )
 
 
 @pytest.mark.parametrize(
