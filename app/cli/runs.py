@@ -17,6 +17,7 @@ from app.sync.results import run_auth
 
 if TYPE_CHECKING:
     from app.db.models import PollRun
+    from app.db.profile import SchemaProfile
     from app.db.repository import ProjectStatus, UserStatus
     from app.runtime import Runtime
     from app.settings import Settings
@@ -123,11 +124,14 @@ def runs(
     print_table([*RUN_HEADERS, "error"], run_rows(found))
 
 
-def read_status(settings: Settings, user: str | None) -> tuple[list[PollRun], list[UserStatus]]:
-    """The last 5 runs and each user's sync status (only `user`'s, when given)."""
+def read_status(
+    settings: Settings, user: str | None
+) -> tuple[list[PollRun], list[UserStatus], SchemaProfile]:
+    """The last 5 runs, each user's sync status (only `user`'s, when given), and which
+    version of the original app's schema the database has."""
     from app.db import repository as repo
 
-    async def work(rt: Runtime) -> tuple[list[PollRun], list[UserStatus]]:
+    async def work(rt: Runtime) -> tuple[list[PollRun], list[UserStatus], SchemaProfile]:
         async with rt.sessionmaker() as s:
             user_id = None
             if user is not None:
@@ -135,7 +139,8 @@ def read_status(settings: Settings, user: str | None) -> tuple[list[PollRun], li
                 if owner is None:
                     raise CLIError(f"no user with e-mail {user}")
                 user_id = owner.id
-            return await repo.recent_runs(s, limit=5), await repo.sync_status(s, user_id)
+            runs = await repo.recent_runs(s, limit=5)
+            return runs, await repo.sync_status(s, user_id), await repo.read_schema_profile(s)
 
     return run_in_runtime(settings, work)
 
@@ -146,9 +151,14 @@ def failing_projects(users: list[UserStatus]) -> list[FailingProject]:
 
 
 def status_json(
-    last_runs: list[PollRun], users: list[UserStatus], failing: list[FailingProject]
+    last_runs: list[PollRun],
+    users: list[UserStatus],
+    failing: list[FailingProject],
+    schema: SchemaProfile,
 ) -> dict[str, object]:
     return {
+        "schema": schema.flavour,
+        "schema_detail": schema.describe(),
         "runs": [run_json(r) for r in last_runs],
         "users": [
             {
@@ -175,9 +185,15 @@ def status_json(
 
 
 def print_status(
-    last_runs: list[PollRun], users: list[UserStatus], failing: list[FailingProject]
+    last_runs: list[PollRun],
+    users: list[UserStatus],
+    failing: list[FailingProject],
+    schema: SchemaProfile,
 ) -> None:
-    """Three tables (runs, users, failing projects), each replaced by one line when empty."""
+    """The database's schema, then three tables (runs, users, failing projects), each
+    replaced by one line when empty."""
+    typer.echo(f"database schema: {schema.describe()}")
+    typer.echo("")
     if last_runs:
         print_table(RUN_HEADERS + ["error"], run_rows(last_runs), title="Last runs")
     else:
@@ -216,9 +232,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show the last runs, each user's last sync and the projects whose last sync failed."""
-    last_runs, users = read_status(settings_or_exit(), user)
+    last_runs, users, schema = read_status(settings_or_exit(), user)
     failing = failing_projects(users)
     if as_json:
-        print_json(status_json(last_runs, users, failing))
+        print_json(status_json(last_runs, users, failing, schema))
     else:
-        print_status(last_runs, users, failing)
+        print_status(last_runs, users, failing, schema)

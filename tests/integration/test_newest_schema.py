@@ -12,6 +12,7 @@ runs on PostgreSQL (SQLite keeps the story schema, tested everywhere else).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -494,3 +495,16 @@ async def test_start_up_says_which_schema_it_found(newest_db_url, sim) -> None:
     finally:
         logger.remove(sink)
     assert "database schema: newest" in seen
+
+
+def test_status_names_the_schema(newest_db_url, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.setenv("DATABASE_URL", newest_db_url)
+    r = CliRunner().invoke(cli, ["status", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["schema"] == "newest"
+    r = CliRunner().invoke(cli, ["migrate"], catch_exceptions=False)
+    assert r.stdout.splitlines()[-1] == "schema: newest"

@@ -236,6 +236,7 @@ def test_runs_and_status_show_every_run_user_and_failing_project(run, db_url, si
     r = runner.invoke(root, ["status"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     out = r.stdout
+    assert out.splitlines()[0] == "database schema: story"  # this service's own database
     assert "Last runs" in out and "Users" in out and "Failing projects" in out
     for email, user_id in ids.items():
         assert email in out and user_id in out
@@ -247,6 +248,7 @@ def test_runs_and_status_show_every_run_user_and_failing_project(run, db_url, si
     ]
     assert status["failing_projects"][0]["last_error"]
     assert {u["email"] for u in status["users"] if u["last_sync_at"]} >= set(ids)
+    assert (status["schema"], status["schema_detail"]) == ("story", "story")
 
 
 def test_runs_and_status_on_an_empty_database(run):
