@@ -69,9 +69,14 @@ class ProjectRef:
 class MonitoredProjectLike(Protocol):
     """What the transform needs of a "MonitoredProject" row (no database types here)."""
 
-    gitlabProjectId: str  # noqa: N815
-    projectName: str  # noqa: N815
-    projectPath: str  # noqa: N815
+    @property
+    def gitlabProjectId(self) -> str: ...  # noqa: N802
+
+    @property
+    def projectName(self) -> str: ...  # noqa: N802
+
+    @property
+    def projectPath(self) -> str: ...  # noqa: N802
 
 
 def project_ref_of(project: MonitoredProjectLike, profile: SchemaProfile) -> ProjectRef:
