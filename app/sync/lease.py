@@ -100,6 +100,17 @@ class UserLease:
                 if conn.in_transaction():  # SQLAlchemy's bookkeeping only: nothing to end
                     await conn.rollback()
 
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncSession | AsyncConnection]:
+        """Where a write that is one statement runs: `autocommit()` on an advisory lease,
+        else a session in a transaction of its own."""
+        if self.advisory:
+            async with self.autocommit() as conn:
+                yield conn
+            return
+        async with self.session() as s, s.begin():
+            yield s
+
     async def lock(
         self, conn: AsyncConnection, fresh_after: datetime | None
     ) -> tuple[LastSyncRow | None, bool | None]:

@@ -330,9 +330,9 @@ class _Listing:
 
     async def _write_work_items(self, kind: NoteableType, bundles: list[WorkItemBundle]) -> None:
         people = merge_people(p for b in bundles for p in b.people)
-        async with self.deps.session() as s, s.begin():
+        async with self.deps.statement() as db:  # one statement on PostgreSQL
             stored = await repo.store_work_items(
-                s, self.user_id, self.deps.profile, bundles, people
+                db, self.user_id, self.deps.profile, bundles, people
             )
         for bundle in bundles:
             read = {note["gitlabEventId"] for note in bundle.notes}
@@ -361,9 +361,8 @@ class _Listing:
         self.outcome.removed += await remove_events(self.deps, self.user_id, pid, gone, "notes")
 
     async def _write(self, kind: NoteableType, rows: list[EventRow], notes: list[EventRow]) -> None:
-        async with self.deps.session() as s, s.begin():
-            items_counts = await repo.upsert_events(s, self.user_id, rows)
-            notes_counts = await repo.upsert_events(s, self.user_id, notes)
+        async with self.deps.statement() as db:  # one statement on PostgreSQL
+            items_counts, notes_counts = await repo.upsert_page(db, self.user_id, rows, notes)
         self._count(kind, items_counts, notes_counts)
 
     def _count(

@@ -215,7 +215,8 @@ async def sync_projects(
     user (it needs re-authorizing).
     """
     user_id = lease.user_id
-    deps = replace(deps, sessions=lease.session)  # every read and write on the lease's sessions
+    # Every read and write on the lease's connection (PostgreSQL) or sessions.
+    deps = replace(deps, sessions=lease.session, statements=lease.statement)
     token = await tokens.access_token(deps, user_id, claim.account)
     result.projects = len(claim.projects)
     if not claim.projects:
