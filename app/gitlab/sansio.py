@@ -115,7 +115,9 @@ def next_page_query(headers: Headers, current: Sequence[tuple[str, str]]) -> Que
     behind a reverse proxy GitLab's external URL can name another host, and the token must
     only ever go to the configured one.
     """
-    link = parse_link_header(headers.get("link") or "").get("next")
+    raw = headers.get("link") or ""
+    # Most pages are the last of their listing: no rel "next" to look for, no regex to run.
+    link = parse_link_header(raw).get("next") if "next" in raw.lower() else None
     if link:
         return parse_qsl(urlsplit(link).query, keep_blank_values=True)
     next_page = (headers.get("x-next-page") or "").strip()
