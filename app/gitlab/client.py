@@ -57,14 +57,14 @@ from loguru import logger
 from pydantic import TypeAdapter
 
 from app import retry
-from app.gitlab import sansio
+from app.gitlab import sansio, schemas
 from app.gitlab.errors import (
     GitLabAPIError,
     GitLabMalformedResponse,
     GitLabRateLimited,
     GitLabUnavailable,
 )
-from app.gitlab.sansio import Query, as_utc, format_gitlab_time, project_ref
+from app.gitlab.sansio import JsonValidator, Query, as_utc, format_gitlab_time, project_ref
 from app.gitlab.schemas import (
     GitLabCurrentUser,
     GitLabDiscussion,
@@ -90,14 +90,15 @@ ItemT = TypeVar("ItemT", GitLabIssue, GitLabMergeRequest)
 
 Clock = Callable[[], float]
 
-_ISSUES = TypeAdapter(list[GitLabIssue])
-_MERGE_REQUESTS = TypeAdapter(list[GitLabMergeRequest])
-_NOTES = TypeAdapter(list[GitLabNote])
-_DISCUSSIONS = TypeAdapter(list[GitLabDiscussion])
+# Listings, items and notes: msgspec with pydantic as the referee (schemas.Decoder).
+_ISSUES = schemas.ISSUES
+_MERGE_REQUESTS = schemas.MERGE_REQUESTS
+_NOTES = schemas.NOTES
+_DISCUSSIONS = schemas.DISCUSSIONS
 _PROJECT = TypeAdapter(GitLabProject)
-_ISSUE = TypeAdapter(GitLabIssue)
-_MERGE_REQUEST = TypeAdapter(GitLabMergeRequest)
-_NOTE = TypeAdapter(GitLabNote)
+_ISSUE = schemas.ISSUE
+_MERGE_REQUEST = schemas.MERGE_REQUEST
+_NOTE = schemas.NOTE
 _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
@@ -364,7 +365,7 @@ class GitLabClient:
         self,
         project_id: int | str,
         kind: str,
-        adapter: TypeAdapter[list[ItemT]],
+        adapter: JsonValidator[list[ItemT]],
         updated_after: datetime | None,
         extra: dict[str, str],
         *,
@@ -430,7 +431,7 @@ class GitLabClient:
         path: str,
         template: str,
         params: Query,
-        adapter: TypeAdapter[list[T]],
+        adapter: JsonValidator[list[T]],
         on_page: Callable[[], None] | None = None,
         *,
         read_ahead: bool = False,
@@ -481,7 +482,7 @@ class GitLabClient:
                 ahead.cancel()
                 ahead.add_done_callback(_retrieve)
 
-    async def _get(self, path: str, template: str, adapter: TypeAdapter[T]) -> T:
+    async def _get(self, path: str, template: str, adapter: JsonValidator[T]) -> T:
         def decode(body: bytes, status: int) -> T:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 
