@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import CursorResult
@@ -206,6 +206,7 @@ def _pg_insert_sql(
 
 
 _PG_UPSERT_EVENTS: dict[tuple[str, ...], str] = {}
+_JSON = msgspec.json.Encoder()
 _PG_INSERT_SQL = _pg_insert_sql  # work_items.py builds its page statement from the same parts
 
 
@@ -237,7 +238,9 @@ def pg_page(rows: Iterable[EventRow], columns: tuple[str, ...]) -> tuple[str, se
     given to them (a returned id among them was inserted; any other was updated)."""
     unique = {r["gitlabEventId"]: r for r in rows}
     values = [_pg_json_row(r, columns) for r in unique.values()]
-    return json.dumps(values, ensure_ascii=False), {v["id"] for v in values}
+    # msgspec's encoder: the same JSON as json.dumps(ensure_ascii=False), several times faster
+    # (a page of a backfill is hundreds of rows).
+    return _JSON.encode(values).decode(), {v["id"] for v in values}
 
 
 async def driver_connection(db: AsyncSession | AsyncConnection) -> AsyncConnection:
