@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from time import perf_counter
+from typing import Any
 
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -350,8 +351,18 @@ async def _report_failures(
         )
 
 
+# The request counter's child per (endpoint template, status), looked up once: labels() is a
+# lock, a tuple and a dict lookup per GitLab request otherwise.
+_REQUEST_COUNTERS: dict[tuple[str, int | None], Any] = {}
+
+
 def _record_request(info: RequestInfo) -> None:
-    metrics.GITLAB_REQUESTS.labels(info.endpoint, str(info.status or "error")).inc()
+    key = (info.endpoint, info.status)
+    counter = _REQUEST_COUNTERS.get(key)
+    if counter is None:
+        status = str(info.status or "error")
+        counter = _REQUEST_COUNTERS[key] = metrics.GITLAB_REQUESTS.labels(info.endpoint, status)
+    counter.inc()
 
 
 def failure_reason(exc: BaseException) -> str:
