@@ -183,8 +183,8 @@ async def _fetch(
     if not outcome.pages_stored and not outcome.removed:
         outcome.pending_cursor = move
         return
-    async with deps.session() as s, s.begin():
-        await repo.advance_cursors(s, user_id, {project.gitlabProjectId: move})
+    async with deps.statement() as db:  # one statement: no transaction around it
+        await repo.advance_cursors(db, user_id, {project.gitlabProjectId: move})
 
 
 async def _check_refusal(
