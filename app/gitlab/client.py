@@ -465,10 +465,11 @@ class GitLabClient:
 
         ahead: asyncio.Future[tuple[list[T], Mapping[str, str]]] | None = None
         try:
-            ahead = asyncio.ensure_future(fetch(params))
-            while ahead is not None:
-                page, headers = await ahead
-                ahead = None
+            # The first page is awaited here, in the caller's task: a task of its own would be
+            # awaited at once anyway (most listings of a sync are one page: a thread's, a warm
+            # poll's), so only the pages after it are fetched ahead.
+            page, headers = await fetch(params)
+            while True:
                 if on_page is not None:
                     on_page()
                 nxt = sansio.next_page_query(headers, params)
@@ -476,6 +477,10 @@ class GitLabClient:
                     params = nxt
                     ahead = asyncio.ensure_future(fetch(nxt))
                 yield page
+                if ahead is None:
+                    return
+                page, headers = await ahead
+                ahead = None
         finally:
             if ahead is not None:
                 # Not awaited: awaiting here could swallow a cancellation of the caller.
