@@ -18,6 +18,7 @@ from app.db.models import (
     UTCDateTime,
     naive_utc_ms,
     new_id,
+    new_ids,
     utcnow,
 )
 from app.db.profile import (
@@ -211,9 +212,15 @@ _PG_INSERT_SQL = _pg_insert_sql  # work_items.py builds its page statement from 
 
 
 def _pg_upsert_events(columns: tuple[str, ...]) -> str:
+    """The upsert of a page, answering one row: the ids of the items' rows written and those
+    of the comments' (an array each: no row object per written row)."""
     sql = _PG_UPSERT_EVENTS.get(columns)
     if sql is None:
-        sql = _PG_UPSERT_EVENTS[columns] = _pg_insert_sql(columns, "$3")
+        sql = _PG_UPSERT_EVENTS[columns] = (
+            f"WITH written AS ({_pg_insert_sql(columns, '$3')}) "  # noqa: S608 - ours only
+            "SELECT coalesce(array_agg(id) FILTER (WHERE type <> 'comment'), '{}'), "
+            "coalesce(array_agg(id) FILTER (WHERE type = 'comment'), '{}') FROM written"
+        )
     return sql
 
 
@@ -221,10 +228,10 @@ def _as_text(stored: datetime) -> str:
     return stored.isoformat(timespec="milliseconds")
 
 
-def _pg_json_row(row: EventRow, columns: tuple[str, ...]) -> dict[str, Any]:
+def _pg_json_row(row: EventRow, columns: tuple[str, ...], row_id: str) -> dict[str, Any]:
     values: dict[str, Any] = {
         **row,
-        "id": new_id(),
+        "id": row_id,
         "createdAt": _as_text(naive_utc_ms(row["createdAt"])),
     }
     if "lastActivityAt" in columns:
@@ -237,7 +244,8 @@ def pg_page(rows: Iterable[EventRow], columns: tuple[str, ...]) -> tuple[str, se
     """Rows as the JSON parameter of the PostgreSQL statements (one per key), and the ids
     given to them (a returned id among them was inserted; any other was updated)."""
     unique = {r["gitlabEventId"]: r for r in rows}
-    values = [_pg_json_row(r, columns) for r in unique.values()]
+    ids = new_ids(len(unique))
+    values = [_pg_json_row(r, columns, i) for r, i in zip(unique.values(), ids, strict=True)]
     # msgspec's encoder: the same JSON as json.dumps(ensure_ascii=False), several times faster
     # (a page of a backfill is hundreds of rows).
     return _JSON.encode(values).decode(), {v["id"] for v in values}
@@ -274,7 +282,8 @@ async def upsert_events(
         conn = await driver_connection(session)
         params = (user_id, naive_utc_ms(utcnow()), page)
         pg = await conn.exec_driver_sql(_pg_upsert_events(columns), params)
-        return count_returned((r[0] for r in pg.all()), ours)
+        items, notes = tuple(pg.one())
+        return count_returned([*items, *notes], ours)
     # One row per key: a page never holds duplicates, but ON CONFLICT would fail on them.
     unique = {r["gitlabEventId"]: r for r in rows}
     now = utcnow()
@@ -300,11 +309,8 @@ async def upsert_page(
     conn = await driver_connection(db)
     params = (user_id, naive_utc_ms(utcnow()), page)
     result = await conn.exec_driver_sql(_pg_upsert_events(()), params)
-    returned = [tuple(r) for r in result.all()]
-    return (
-        count_returned((i for i, kind in returned if kind != "comment"), ours),
-        count_returned((i for i, kind in returned if kind == "comment"), ours),
-    )
+    item_ids, note_ids = tuple(result.one())
+    return count_returned(item_ids, ours), count_returned(note_ids, ours)
 
 
 async def count_events(session: AsyncSession, user_id: str | None = None) -> int:

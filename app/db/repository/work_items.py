@@ -150,10 +150,19 @@ def _pg_work_items_sql(columns: tuple[str, ...], linked: bool, people: bool) -> 
             'OR "Person".name IS DISTINCT FROM excluded.name '
             'OR "Person"."avatarUrl" IS DISTINCT FROM excluded."avatarUrl" RETURNING 1)'
         )
-    rows = ["SELECT 'i', id, NULL FROM items", "SELECT 'n', id, NULL FROM notes"]
-    if linked:
-        rows.append("SELECT 'l', key, child FROM children")
-    return "WITH " + ", ".join(parts) + " " + " UNION ALL ".join(rows)
+    # One row of arrays (no row object per written row): the items' ids written, the
+    # notes', and the (item, comment) pairs linked before this write.
+    pairs = (
+        "(SELECT array_agg(key) FROM children), (SELECT array_agg(child) FROM children)"
+        if linked
+        else "NULL, NULL"
+    )
+    return (
+        "WITH "  # noqa: S608 - our own names only
+        + ", ".join(parts)
+        + " SELECT (SELECT array_agg(id) FROM items), (SELECT array_agg(id) FROM notes), "
+        + pairs
+    )
 
 
 _PG_WORK_ITEMS: dict[tuple[tuple[str, ...], bool, bool], str] = {}
@@ -185,14 +194,15 @@ async def _pg_store_work_items(
         unique = {p["gitlabId"]: p for p in people}
         params += (json.dumps([{**unique[k], "id": new_id()} for k in sorted(unique)]),)
     conn = await driver_connection(db)
-    returned = [tuple(r) for r in (await conn.exec_driver_sql(sql, params)).all()]
-    out = StoredWorkItems(
-        items=count_returned((v for kind, v, _ in returned if kind == "i"), item_ids),
-        notes=count_returned((v for kind, v, _ in returned if kind == "n"), note_ids),
+    written_items, written_notes, keys, children = tuple(
+        (await conn.exec_driver_sql(sql, params)).one()
     )
-    for kind, item_key, child in returned:
-        if kind == "l":
-            out.linked.setdefault(item_key, set()).add(child)
+    out = StoredWorkItems(
+        items=count_returned(written_items or (), item_ids),
+        notes=count_returned(written_notes or (), note_ids),
+    )
+    for item_key, child in zip(keys or (), children or (), strict=True):
+        out.linked.setdefault(item_key, set()).add(child)
     return out
 
 
