@@ -43,9 +43,10 @@ def utcnow() -> datetime:
 def naive_utc_ms(value: datetime) -> datetime:
     """How a time is stored: naive UTC (a naive value is taken as UTC) truncated to
     milliseconds, TIMESTAMP(3), so SQLite's stored values equal PostgreSQL's."""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    tz = value.tzinfo
+    if tz is not None and tz is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -8,10 +8,10 @@ linking pass exists and no comment is ever stored unlinked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -165,6 +165,7 @@ def _pg_work_items_sql(columns: tuple[str, ...], linked: bool, people: bool) -> 
     )
 
 
+_JSON = msgspec.json.Encoder()
 _PG_WORK_ITEMS: dict[tuple[tuple[str, ...], bool, bool], str] = {}
 
 
@@ -192,7 +193,8 @@ async def _pg_store_work_items(
     params: tuple[object, ...] = (user_id, now, items, notes_page)
     if profile.has_person:
         unique = {p["gitlabId"]: p for p in people}
-        params += (json.dumps([{**unique[k], "id": new_id()} for k in sorted(unique)]),)
+        people_page = [{**unique[k], "id": new_id()} for k in sorted(unique)]
+        params += (_JSON.encode(people_page).decode(),)
     conn = await driver_connection(db)
     written_items, written_notes, keys, children = tuple(
         (await conn.exec_driver_sql(sql, params)).one()
