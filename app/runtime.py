@@ -8,6 +8,7 @@ from `create_loopback_client`. Nothing else constructs an engine or an HTTP clie
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -79,13 +80,34 @@ async def open_runtime(
             await engine.dispose()
 
 
+# CPython collects its young generation every 700 net container allocations, and every
+# collection walks what is young then. A poll allocates and frees millions of short-lived
+# objects (pages, rows, requests; nearly all freed by reference counting), so at 700 the
+# collector ran ~500 times in a cold team poll and ~45 times in a warm one: about 15 % of
+# the service's CPU, most of it in full collections walking every module, mapper and cached
+# statement of the process. Young collections every 10,000 allocations, and the objects of
+# start-up moved out of the collector's sight (gc.freeze), cut that to a few percent; cyclic
+# garbage is still collected, a little later.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Start-up's objects frozen (never collected, never walked again) and the young
+    generation's threshold raised (see GC_YOUNG_THRESHOLD). For the serving process."""
+    gc.freeze()
+    young, older, oldest = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), older, oldest)
+
+
 async def warm_up(runtime: Runtime) -> None:
     """Pay first-use costs at start-up instead of in the first poll: the ORM's mapper
     configuration and the pooled PostgreSQL connections a poll opens at once (its run record
-    and POLL_CONCURRENCY users). Best effort: a database that is down only shows later, in
-    the requests that need it (503), never as a failed start."""
+    and POLL_CONCURRENCY users), and the collector's tuning (tune_gc). Best effort: a
+    database that is down only shows later, in the requests that need it (503), never as a
+    failed start."""
     configure_mappers()
     await log_schema(runtime)
+    tune_gc()
     if runtime.settings.is_sqlite:
         return
     wanted = min(runtime.settings.poll_concurrency + 1, runtime.settings.db_pool_size)

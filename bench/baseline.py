@@ -16,13 +16,13 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import TypeAdapter
 
 from app.db import repository as repo
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import utcnow
+from app.gitlab import schemas
 from app.gitlab.client import format_gitlab_time
-from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, GitLabNote
+from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest
 from app.settings import load_settings
 from app.sync.transform import (
     EventRow,
@@ -33,9 +33,9 @@ from app.sync.transform import (
 )
 from bench.measure import SeedUser
 
-_ISSUES = TypeAdapter(list[GitLabIssue])
-_MRS = TypeAdapter(list[GitLabMergeRequest])
-_NOTES = TypeAdapter(list[GitLabNote])
+_ISSUES = schemas.ISSUES
+_MRS = schemas.MERGE_REQUESTS
+_NOTES = schemas.NOTES
 CHUNK = 1000
 
 

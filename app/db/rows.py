@@ -75,3 +75,63 @@ class CursorMove(NamedTuple):
     cursor_at: datetime
     backfill_from: datetime | None = None
     reconcile_due_at: datetime | None = None
+
+
+# --- what a sync reads before it starts (plain rows: no ORM instance per read) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """The user's GitLab account row (its token pair)."""
+
+    id: str
+    accessToken: str | None  # noqa: N815
+    refreshToken: str | None  # noqa: N815
+    accessTokenExpiresAt: datetime | None  # noqa: N815
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    """A "MonitoredProject" row."""
+
+    id: str
+    userId: str  # noqa: N815
+    gitlabProjectId: str  # noqa: N815
+    projectName: str  # noqa: N815
+    projectPath: str  # noqa: N815
+    createdAt: datetime  # noqa: N815
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    """A `sync_cursor` row: a (user, project)'s watermark, access and reconciliation marks."""
+
+    gitlab_project_id: str
+    cursor_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    backfill_from: datetime | None = None
+    access_check_at: datetime | None = None
+    access_lost_at: datetime | None = None
+    reconcile_due_at: datetime | None = None
+    reconciled_at: datetime | None = None
+    reconcile_held: str | None = None
+    reconcile_held_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LastSyncRow:
+    """The user's "LastSync" row."""
+
+    lastSyncAt: datetime  # noqa: N815
+    updatedAt: datetime  # noqa: N815
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRows:
+    """What a user's sync reads once its lease is held: token, projects, cursors."""
+
+    account: AccountRow | None
+    projects: list[ProjectRow]
+    cursors: dict[str, CursorRow]

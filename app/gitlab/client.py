@@ -62,7 +62,7 @@ from loguru import logger
 from pydantic import TypeAdapter
 
 from app import retry
-from app.gitlab import sansio
+from app.gitlab import sansio, schemas
 from app.gitlab.errors import (
     GitLabAPIError,
     GitLabMalformedResponse,
@@ -70,7 +70,7 @@ from app.gitlab.errors import (
     GitLabUnavailable,
 )
 from app.gitlab.reachability import ReachabilityDetector
-from app.gitlab.sansio import Query, as_utc, format_gitlab_time, project_ref
+from app.gitlab.sansio import JsonValidator, Query, as_utc, format_gitlab_time, project_ref
 from app.gitlab.schemas import (
     GitLabCurrentUser,
     GitLabDiscussion,
@@ -96,14 +96,15 @@ ItemT = TypeVar("ItemT", GitLabIssue, GitLabMergeRequest)
 
 Clock = Callable[[], float]
 
-_ISSUES = TypeAdapter(list[GitLabIssue])
-_MERGE_REQUESTS = TypeAdapter(list[GitLabMergeRequest])
-_NOTES = TypeAdapter(list[GitLabNote])
-_DISCUSSIONS = TypeAdapter(list[GitLabDiscussion])
+# Listings, items and notes: msgspec with pydantic as the referee (schemas.Decoder).
+_ISSUES = schemas.ISSUES
+_MERGE_REQUESTS = schemas.MERGE_REQUESTS
+_NOTES = schemas.NOTES
+_DISCUSSIONS = schemas.DISCUSSIONS
 _PROJECT = TypeAdapter(GitLabProject)
-_ISSUE = TypeAdapter(GitLabIssue)
-_MERGE_REQUEST = TypeAdapter(GitLabMergeRequest)
-_NOTE = TypeAdapter(GitLabNote)
+_ISSUE = schemas.ISSUE
+_MERGE_REQUEST = schemas.MERGE_REQUEST
+_NOTE = schemas.NOTE
 _CURRENT_USER = TypeAdapter(GitLabCurrentUser)
 
 # GitLab renders timestamps to the millisecond but stores microseconds: widen keyset bounds.
@@ -373,7 +374,7 @@ class GitLabClient:
         self,
         project_id: int | str,
         kind: str,
-        adapter: TypeAdapter[list[ItemT]],
+        adapter: JsonValidator[list[ItemT]],
         updated_after: datetime | None,
         extra: dict[str, str],
         *,
@@ -439,7 +440,7 @@ class GitLabClient:
         path: str,
         template: str,
         params: Query,
-        adapter: TypeAdapter[list[T]],
+        adapter: JsonValidator[list[T]],
         on_page: Callable[[], None] | None = None,
         *,
         read_ahead: bool = False,
@@ -473,10 +474,11 @@ class GitLabClient:
 
         ahead: asyncio.Future[tuple[list[T], Mapping[str, str]]] | None = None
         try:
-            ahead = asyncio.ensure_future(fetch(params))
-            while ahead is not None:
-                page, headers = await ahead
-                ahead = None
+            # The first page is awaited here, in the caller's task: a task of its own would be
+            # awaited at once anyway (most listings of a sync are one page: a thread's, a warm
+            # poll's), so only the pages after it are fetched ahead.
+            page, headers = await fetch(params)
+            while True:
                 if on_page is not None:
                     on_page()
                 nxt = sansio.next_page_query(headers, params)
@@ -484,13 +486,17 @@ class GitLabClient:
                     params = nxt
                     ahead = asyncio.ensure_future(fetch(nxt))
                 yield page
+                if ahead is None:
+                    return
+                page, headers = await ahead
+                ahead = None
         finally:
             if ahead is not None:
                 # Not awaited: awaiting here could swallow a cancellation of the caller.
                 ahead.cancel()
                 ahead.add_done_callback(_retrieve)
 
-    async def _get(self, path: str, template: str, adapter: TypeAdapter[T]) -> T:
+    async def _get(self, path: str, template: str, adapter: JsonValidator[T]) -> T:
         def decode(body: bytes, status: int) -> T:
             return sansio.decode_json(adapter, body, status=status, endpoint=path)
 

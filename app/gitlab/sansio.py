@@ -17,10 +17,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from app.gitlab.errors import (
     AuthReason,
@@ -40,6 +40,7 @@ from app.retry import rate_limit_wait
 __all__ = [
     "DEFAULT_RATE_WINDOW_S",
     "Headers",
+    "JsonValidator",
     "Pacing",
     "Query",
     "as_utc",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 Headers = Mapping[str, str]
 # A query as ordered (name, value) pairs: repeated names (labels[]=a&labels[]=b) survive.
 Query = list[tuple[str, str]]
@@ -115,7 +117,9 @@ def next_page_query(headers: Headers, current: Sequence[tuple[str, str]]) -> Que
     behind a reverse proxy GitLab's external URL can name another host, and the token must
     only ever go to the configured one.
     """
-    link = parse_link_header(headers.get("link") or "").get("next")
+    raw = headers.get("link") or ""
+    # Most pages are the last of their listing: no rel "next" to look for, no regex to run.
+    link = parse_link_header(raw).get("next") if "next" in raw.lower() else None
     if link:
         return parse_qsl(urlsplit(link).query, keep_blank_values=True)
     next_page = (headers.get("x-next-page") or "").strip()
@@ -131,7 +135,14 @@ def next_page_query(headers: Headers, current: Sequence[tuple[str, str]]) -> Que
 # --- bodies -----------------------------------------------------------------------------
 
 
-def decode_json(adapter: TypeAdapter[T], body: bytes, *, status: int, endpoint: str) -> T:
+class JsonValidator(Protocol[T_co]):
+    """What validates a body: a pydantic TypeAdapter, or schemas.Decoder (msgspec first,
+    pydantic for what msgspec refuses); either raises pydantic's ValidationError."""
+
+    def validate_json(self, body: bytes, /) -> T_co: ...
+
+
+def decode_json(adapter: JsonValidator[T], body: bytes, *, status: int, endpoint: str) -> T:
     """Validate the raw body in one pass.
 
     Invalid or truncated JSON raises GitLabMalformedResponse (worth another try: usually a

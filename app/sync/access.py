@@ -25,7 +25,8 @@ from loguru import logger
 
 from app import metrics
 from app.db import repository as repo
-from app.db.models import MonitoredProject, SyncCursor, utcnow
+from app.db.models import utcnow
+from app.db.rows import CursorRow, ProjectRow
 from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabAuthError, GitLabForbidden, GitLabNotFound
 from app.sync.deletions import access_loss_step
@@ -47,7 +48,7 @@ def is_refusal(exc: BaseException | None) -> bool:
     )
 
 
-async def _project_refused(client: GitLabClient, project: MonitoredProject) -> bool:
+async def _project_refused(client: GitLabClient, project: ProjectRow) -> bool:
     try:
         await client.project(project.gitlabProjectId)
     except (GitLabNotFound, GitLabForbidden) as exc:
@@ -58,7 +59,7 @@ async def _project_refused(client: GitLabClient, project: MonitoredProject) -> b
 
 
 async def still_lost(
-    client: GitLabClient, project: MonitoredProject, cursor: SyncCursor | None
+    client: GitLabClient, project: ProjectRow, cursor: CursorRow | None
 ) -> datetime | None:
     """For a project marked lost: the mark's time while GitLab still refuses it, None once it
     answers (access is back: the caller syncs, which backfills)."""
@@ -76,8 +77,8 @@ async def confirm_refusal(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    project: MonitoredProject,
-    cursor: SyncCursor | None,
+    project: ProjectRow,
+    cursor: CursorRow | None,
 ) -> AccessLoss | None:
     """After a refused listing: the loss if this run confirms it for the second time (the
     events are then removed), else None. GitLab errors of the checks are raised."""

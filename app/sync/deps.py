@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.db.profile import STORY, SchemaProfile
 from app.gitlab.reachability import ReachabilityDetector
@@ -17,6 +17,9 @@ from app.settings import Settings
 # Where a user's sync opens its sessions: `UserLease.session` (on the lease's connection on
 # PostgreSQL) or a sessionmaker.
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+# Where it runs a write that is one statement (`UserLease.statement`): the lease's
+# connection outside any transaction on PostgreSQL, else a session in a transaction.
+StatementFactory = Callable[[], AbstractAsyncContextManager[AsyncSession | AsyncConnection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class SyncDeps:
     # Inside one user's sync: the lease's sessions (on PostgreSQL with advisory leases, the
     # connection holding the user's lock), so the sync never needs a second connection.
     sessions: SessionFactory | None = None
+    statements: StatementFactory | None = None
     # What the database has of the original app's newer schema (db/profile.py), read at the
     # start of every run (poller.py): the app may be upgraded while this service runs.
     profile: SchemaProfile = STORY
@@ -49,3 +53,13 @@ class SyncDeps:
     def session(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session for the sync's reads and writes (see `sessions`)."""
         return (self.sessions or self.sessionmaker)()
+
+    def statement(self) -> AbstractAsyncContextManager[AsyncSession | AsyncConnection]:
+        """Where a write that is one statement runs (see `statements`); its own
+        transaction when no lease gives one."""
+        return self.statements() if self.statements is not None else self._transaction()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession | AsyncConnection]:
+        async with self.session() as s, s.begin():
+            yield s

@@ -20,12 +20,14 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.db import repository as repo
+from app.db.rows import LastSyncRow
 from app.sync.deps import SyncDeps
 
 _KEY_NAMESPACE = b"gitlab-insights:user-sync:"
@@ -59,6 +61,7 @@ class UserLease:
         self._locked = False
         self._spent = False  # the lock was given back: nothing may run as its holder any more
         self._release_after_commit = False
+        self._autocommit = False  # the connection runs statements without BEGIN/COMMIT
         self._gate = asyncio.Lock()  # one transaction at a time on that connection
 
     @asynccontextmanager
@@ -70,10 +73,57 @@ class UserLease:
             return
         async with self._gate:
             conn = await self._connection()
+            if self._autocommit:  # back to transactions (no round trip: BEGIN comes later)
+                await conn.execution_options(isolation_level=conn.default_isolation_level)
+                self._autocommit = False
             async with self.deps.sessionmaker(bind=conn) as s:
                 yield s
             if self._release_after_commit:  # reached only when the transaction committed
                 await self._unlock()
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """Advisory leases: the lock's connection for statements that each stand alone, run
+        without BEGIN and COMMIT (one statement is atomic by itself; those two would be two
+        round trips more per statement). Several statements in one block are not atomic
+        together: callers put what must be written together in one statement."""
+        if not self.advisory:
+            raise RuntimeError("autocommit() is for advisory leases")
+        async with self._gate:
+            conn = await self._connection()
+            if not self._autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._autocommit = True
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction():  # SQLAlchemy's bookkeeping only: nothing to end
+                    await conn.rollback()
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncSession | AsyncConnection]:
+        """Where a write that is one statement runs: `autocommit()` on an advisory lease,
+        else a session in a transaction of its own."""
+        if self.advisory:
+            async with self.autocommit() as conn:
+                yield conn
+            return
+        async with self.session() as s, s.begin():
+            yield s
+
+    async def lock(
+        self, conn: AsyncConnection, fresh_after: datetime | None
+    ) -> tuple[LastSyncRow | None, bool | None]:
+        """Advisory leases, on `conn` from `autocommit()`: the user's LastSync and the lock,
+        in one statement (repository.lock_user). The lock is None (not taken) when LastSync
+        moved after `fresh_after`, else whether it was taken."""
+        if self._conn is None or conn is not self._conn:
+            raise RuntimeError("an advisory lease is locked on the connection of autocommit()")
+        last, locked = await repo.lock_user(
+            conn, self.user_id, advisory_key(self.user_id), fresh_after
+        )
+        self._locked = bool(locked)
+        return last, locked
 
     async def acquire(self, session: AsyncSession) -> bool:
         """Take the lease inside the caller's transaction; False when another run holds it.
@@ -137,6 +187,7 @@ class UserLease:
             raise LeaseLost(f"lease on user {self.user_id} was already released")
         if self._conn is None:
             self._conn = await _engine(self.deps).connect()
+            self._autocommit = False
         elif self._conn.invalidated or self._conn.closed:
             # The connection dropped: so did the lock, and another run may hold the user.
             raise LeaseConnectionLost(f"connection holding user {self.user_id}'s lock was lost")

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 from app import metrics
 from app.db import repository as repo
-from app.db.models import MonitoredProject, SyncCursor, utcnow
-from app.db.rows import CursorMove, EventRow, WorkItemBundle
+from app.db.models import utcnow
+from app.db.rows import CursorMove, CursorRow, EventRow, ProjectRow, WorkItemBundle
 from app.gitlab.client import GitLabClient
 from app.gitlab.errors import GitLabBadResponse
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
@@ -50,7 +50,7 @@ Item = GitLabIssue | GitLabMergeRequest
 
 @dataclass(slots=True)
 class ProjectOutcome:
-    project: MonitoredProject
+    project: ProjectRow
     stored: int = 0
     updated: int = 0
     removed: int = 0
@@ -63,9 +63,7 @@ class ProjectOutcome:
     pending_cursor: CursorMove | None = None
 
 
-def _adopted(
-    project: MonitoredProject, cursor: SyncCursor | None, last_sync_at: datetime | None
-) -> bool:
+def _adopted(project: ProjectRow, cursor: CursorRow | None, last_sync_at: datetime | None) -> bool:
     """Covered by the original app's per-user LastSync (an adopted database), never by a
     cursor of ours. Not after an access loss: those events were removed."""
     lost = cursor is not None and cursor.access_lost_at is not None
@@ -74,8 +72,8 @@ def _adopted(
 
 def fetch_since(
     settings: Settings,
-    project: MonitoredProject,
-    cursor: SyncCursor | None,
+    project: ProjectRow,
+    cursor: CursorRow | None,
     last_sync_at: datetime | None,
     now: datetime,
     *,
@@ -101,8 +99,8 @@ def fetch_since(
 
 
 def backfill_from(
-    project: MonitoredProject,
-    cursor: SyncCursor | None,
+    project: ProjectRow,
+    cursor: CursorRow | None,
     last_sync_at: datetime | None,
     since: datetime | None,
 ) -> datetime | None:
@@ -115,7 +113,7 @@ def backfill_from(
 
 
 def first_reconcile_due(
-    settings: Settings, user_id: str, project: MonitoredProject, now: datetime
+    settings: Settings, user_id: str, project: ProjectRow, now: datetime
 ) -> datetime | None:
     hours = settings.reconcile_interval_hours
     if hours <= 0:
@@ -127,8 +125,8 @@ async def sync_project(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    project: MonitoredProject,
-    since_cursor: SyncCursor | None,
+    project: ProjectRow,
+    since_cursor: CursorRow | None,
     last_sync_at: datetime | None,
 ) -> ProjectOutcome:
     """Sync one project; its errors are returned in the outcome, never raised.
@@ -155,7 +153,7 @@ async def _fetch(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    cursor: SyncCursor | None,
+    cursor: CursorRow | None,
     last_sync_at: datetime | None,
     outcome: ProjectOutcome,
 ) -> None:
@@ -185,15 +183,15 @@ async def _fetch(
     if not outcome.pages_stored and not outcome.removed:
         outcome.pending_cursor = move
         return
-    async with deps.session() as s, s.begin():
-        await repo.advance_cursors(s, user_id, {project.gitlabProjectId: move})
+    async with deps.statement() as db:  # one statement: no transaction around it
+        await repo.advance_cursors(db, user_id, {project.gitlabProjectId: move})
 
 
 async def _check_refusal(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    cursor: SyncCursor | None,
+    cursor: CursorRow | None,
     outcome: ProjectOutcome,
 ) -> None:
     """A refused listing: an access loss confirmed a second time is no error (the events are
@@ -222,7 +220,7 @@ class _Listing:
         deps: SyncDeps,
         user_id: str,
         client: GitLabClient,
-        project: MonitoredProject,
+        project: ProjectRow,
         since: datetime | None,
         fetch_started: datetime,
         outcome: ProjectOutcome,
@@ -332,9 +330,9 @@ class _Listing:
 
     async def _write_work_items(self, kind: NoteableType, bundles: list[WorkItemBundle]) -> None:
         people = merge_people(p for b in bundles for p in b.people)
-        async with self.deps.session() as s, s.begin():
+        async with self.deps.statement() as db:  # one statement on PostgreSQL
             stored = await repo.store_work_items(
-                s, self.user_id, self.deps.profile, bundles, people
+                db, self.user_id, self.deps.profile, bundles, people
             )
         for bundle in bundles:
             read = {note["gitlabEventId"] for note in bundle.notes}
@@ -363,9 +361,8 @@ class _Listing:
         self.outcome.removed += await remove_events(self.deps, self.user_id, pid, gone, "notes")
 
     async def _write(self, kind: NoteableType, rows: list[EventRow], notes: list[EventRow]) -> None:
-        async with self.deps.session() as s, s.begin():
-            items_counts = await repo.upsert_events(s, self.user_id, rows)
-            notes_counts = await repo.upsert_events(s, self.user_id, notes)
+        async with self.deps.statement() as db:  # one statement on PostgreSQL
+            items_counts, notes_counts = await repo.upsert_page(db, self.user_id, rows, notes)
         self._count(kind, items_counts, notes_counts)
 
     def _count(

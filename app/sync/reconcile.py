@@ -39,8 +39,8 @@ from loguru import logger
 
 from app import metrics
 from app.db import repository as repo
-from app.db.models import MonitoredProject, SyncCursor, utcnow
-from app.db.rows import EventRow
+from app.db.models import utcnow
+from app.db.rows import CursorRow, EventRow, ProjectRow
 from app.gitlab.client import GitLabClient, RequestInfo
 from app.gitlab.schemas import GitLabIssue, GitLabMergeRequest, NoteableType
 from app.sync.deletions import (
@@ -71,7 +71,7 @@ Item = GitLabIssue | GitLabMergeRequest
 RETRY_AFTER_FAILURE = timedelta(hours=1)
 
 
-def is_due(cursor: SyncCursor | None, now: datetime) -> bool:
+def is_due(cursor: CursorRow | None, now: datetime) -> bool:
     """Synced at least once, readable, and its time has come."""
     return (
         cursor is not None
@@ -86,8 +86,8 @@ async def reconcile_due(
     deps: SyncDeps,
     user_id: str,
     token: str,
-    cursors: dict[str, SyncCursor],
-    projects: Sequence[MonitoredProject],
+    cursors: dict[str, CursorRow],
+    projects: Sequence[ProjectRow],
     result: UserResult,
 ) -> None:
     """Reconcile the projects (synced in this run) that are due; never raises for one
@@ -121,8 +121,8 @@ async def _reconcile_or_postpone(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    project: MonitoredProject,
-    cursors: dict[str, SyncCursor],
+    project: ProjectRow,
+    cursors: dict[str, CursorRow],
     result: UserResult,
 ) -> None:
     pid = project.gitlabProjectId
@@ -143,8 +143,8 @@ async def _reconcile(
     deps: SyncDeps,
     user_id: str,
     client: GitLabClient,
-    project: MonitoredProject,
-    cursor: SyncCursor,
+    project: ProjectRow,
+    cursor: CursorRow,
     result: UserResult,
 ) -> None:
     """List, decide, remove (or hold), schedule the next one."""

@@ -13,6 +13,7 @@ from loguru import logger
 
 from app.db import repository as repo
 from app.db.models import Account, utcnow
+from app.db.rows import AccountRow
 from app.gitlab.errors import GitLabOAuthError, GitLabUnavailable
 from app.gitlab.oauth import refresh_access_token
 from app.logging import register_secret
@@ -23,12 +24,12 @@ from app.sync.results import UserSkipped
 EXPIRY_MARGIN = timedelta(seconds=30)
 
 
-def _still_valid(account: Account) -> bool:
+def _still_valid(account: Account | AccountRow) -> bool:
     expires = account.accessTokenExpiresAt
     return expires is None or expires > utcnow() + EXPIRY_MARGIN
 
 
-async def access_token(deps: SyncDeps, user_id: str, account: Account | None) -> str:
+async def access_token(deps: SyncDeps, user_id: str, account: AccountRow | None) -> str:
     """The token to call GitLab with: the stored one, or a fresh one if it (nearly) expired."""
     if account is None or not account.accessToken:
         raise UserSkipped("no_token", "user has no GitLab access token")

@@ -69,9 +69,14 @@ class ProjectRef:
 class MonitoredProjectLike(Protocol):
     """What the transform needs of a "MonitoredProject" row (no database types here)."""
 
-    gitlabProjectId: str  # noqa: N815
-    projectName: str  # noqa: N815
-    projectPath: str  # noqa: N815
+    @property
+    def gitlabProjectId(self) -> str: ...  # noqa: N802
+
+    @property
+    def projectName(self) -> str: ...  # noqa: N802
+
+    @property
+    def projectPath(self) -> str: ...  # noqa: N802
 
 
 def project_ref_of(project: MonitoredProjectLike, profile: SchemaProfile) -> ProjectRef:
@@ -85,7 +90,10 @@ def project_ref_of(project: MonitoredProjectLike, profile: SchemaProfile) -> Pro
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    tz = value.tzinfo
+    if tz is UTC:  # GitLab's "Z" times, as decoded: already what is wanted
+        return value
+    return value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
 
 
 def comment_title(body: str | None) -> str:
@@ -184,11 +192,15 @@ def _ids(pattern: re.Pattern[str], text: str | None) -> list[int]:
 
 def mentioned_ids(text: str | None) -> list[int]:
     """Every `#N` and `!N` in the text (issue and MR references, as the app reads them)."""
+    if not text or ("#" not in text and "!" not in text):  # most comments: nothing to scan
+        return []
     return _ids(_MENTION, text)
 
 
 def closes_issue_ids(text: str | None) -> list[int]:
     """The issues an MR description says it closes ("Closes #2", "fixed #3")."""
+    if not text or "#" not in text:
+        return []
     return _ids(_CLOSES, text)
 
 
@@ -291,20 +303,19 @@ def work_item_bundle(
     base_url = item.web_url.split("#", 1)[0]
     # Every note once, oldest first (a stable sort, as the app's).
     seen: set[int] = set()
-    threaded: list[tuple[str, GitLabNote]] = []
+    threaded: list[tuple[datetime, str, GitLabNote]] = []
     for discussion in discussions:
         for note in discussion.notes:
             if note.id not in seen:
                 seen.add(note.id)
-                threaded.append((discussion.id, note))
-    threaded.sort(key=lambda pair: _utc(pair[1].created_at))
+                threaded.append((_utc(note.created_at), discussion.id, note))
+    threaded.sort(key=lambda entry: entry[0])
 
     participants = [item.author.username]
     comments = unresolved = 0
     last_activity = _utc(item.updated_at)
     notes: list[EventRow] = []
-    for discussion_id, note in threaded:
-        created = _utc(note.created_at)
+    for created, discussion_id, note in threaded:
         last_activity = max(last_activity, created)
         if not note.system:
             comments += 1
@@ -367,5 +378,5 @@ def work_item_bundle(
         discussionId=None,
         isSystemNote=False,
     )
-    people = people_of([item.author, *(note.author for _, note in threaded)])
+    people = people_of([item.author, *(note.author for _, _, note in threaded)])
     return WorkItemBundle(item=row, notes=notes, people=people)

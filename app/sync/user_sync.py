@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from time import perf_counter
+from typing import Any
 
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -19,8 +20,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app import metrics, retry
 from app.db import repository as repo
-from app.db.models import Account, LastSync, MonitoredProject, SyncCursor, utcnow
-from app.db.rows import CursorMove
+from app.db.models import utcnow
+from app.db.rows import AccountRow, ClaimRows, CursorMove, CursorRow, LastSyncRow, ProjectRow
 from app.gitlab.client import GitLabClient, RequestInfo
 from app.gitlab.errors import (
     GitLabAPIError,
@@ -57,12 +58,12 @@ def is_transient(exc: BaseException | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What a sync reads before it starts, in the transaction that takes the lease."""
+    """What a sync reads before it starts, with the lease taken (plain rows)."""
 
-    account: Account | None
-    projects: list[MonitoredProject]
-    cursors: dict[str, SyncCursor]
-    last_sync: LastSync | None
+    account: AccountRow | None
+    projects: list[ProjectRow]
+    cursors: dict[str, CursorRow]
+    last_sync: LastSyncRow | None
 
 
 def user_retry_policy(settings: Settings) -> retry.RetryPolicy:
@@ -113,20 +114,48 @@ async def claim_user(deps: SyncDeps, lease: UserLease, *, manual: bool) -> Claim
 
 async def _claim(deps: SyncDeps, lease: UserLease, *, manual: bool) -> Claim:
     settings = deps.settings
+    fresh_after = None
+    if manual and settings.min_refresh_interval_seconds > 0:
+        fresh_after = utcnow() - timedelta(seconds=settings.min_refresh_interval_seconds)
+    if lease.advisory:
+        # Two statements on the lock's connection, no transaction around them: LastSync with
+        # the lock (not taken for a fresh user), then the reads, which see what the lock's
+        # previous holder committed before it let go.
+        async with lease.autocommit() as conn:
+            last, locked = await lease.lock(conn, fresh_after)
+            if locked is None:
+                raise UserSkipped("fresh", "synced moments ago")
+            if not locked:
+                raise UserSkipped("in_progress", "another run is syncing this user")
+            rows = await repo.claim_rows(conn, lease.user_id)
+        return _claimed(rows, last)
     async with lease.session() as s, s.begin():
         last = await repo.get_last_sync(s, lease.user_id)
-        if manual and settings.min_refresh_interval_seconds > 0 and last is not None:
-            horizon = utcnow() - timedelta(seconds=settings.min_refresh_interval_seconds)
-            if last.updatedAt > horizon:
-                raise UserSkipped("fresh", "synced moments ago")
+        if fresh_after is not None and last is not None and last.updatedAt > fresh_after:
+            raise UserSkipped("fresh", "synced moments ago")
         if not await lease.acquire(s):
             raise UserSkipped("in_progress", "another run is syncing this user")
-        return Claim(
-            account=await repo.get_gitlab_account(s, lease.user_id),
-            projects=await repo.list_projects(s, lease.user_id),
-            cursors=await repo.get_cursors(s, lease.user_id),
-            last_sync=last,
-        )
+        return _claimed(await repo.claim_rows(s, lease.user_id), last)
+
+
+def _claimed(rows: ClaimRows, last: LastSyncRow | None) -> Claim:
+    return Claim(account=rows.account, projects=rows.projects, cursors=rows.cursors, last_sync=last)
+
+
+async def _finish(
+    deps: SyncDeps, lease: UserLease, idle: dict[str, CursorMove], started: datetime
+) -> None:
+    """Every project synced: the idle projects' cursors and LastSync written together, then
+    the lease given back (never before they are committed)."""
+    mark = deps.profile.work_items
+    if lease.advisory:
+        async with lease.autocommit() as conn:  # one statement on PostgreSQL
+            await repo.finish_user_sync(conn, lease.user_id, idle, started, mark=mark)
+        await lease.release()
+        return
+    async with lease.session() as s, s.begin():
+        await repo.finish_user_sync(s, lease.user_id, idle, started, mark=mark)
+        await lease.release(s)
 
 
 async def _sync(deps: SyncDeps, lease: UserLease, result: UserResult, *, manual: bool) -> None:
@@ -145,11 +174,7 @@ async def _sync(deps: SyncDeps, lease: UserLease, result: UserResult, *, manual:
         async with asyncio.timeout(deps.settings.user_sync_deadline_seconds), lease.held():
             synced = await sync_projects(deps, lease, claim, result)
         if synced.all_synced:
-            # One transaction: the idle projects' cursors, LastSync and the lease's release.
-            async with lease.session() as s, s.begin():
-                await repo.advance_cursors(s, lease.user_id, synced.pending_cursors)
-                await repo.upsert_last_sync(s, lease.user_id, started, mark=deps.profile.work_items)
-                await lease.release(s)
+            await _finish(deps, lease, synced.pending_cursors, started)
             result.status = "processed"
             return
     except asyncio.CancelledError:
@@ -191,7 +216,8 @@ async def sync_projects(
     user (it needs re-authorizing).
     """
     user_id = lease.user_id
-    deps = replace(deps, sessions=lease.session)  # every read and write on the lease's sessions
+    # Every read and write on the lease's connection (PostgreSQL) or sessions.
+    deps = replace(deps, sessions=lease.session, statements=lease.statement)
     token = await tokens.access_token(deps, user_id, claim.account)
     result.projects = len(claim.projects)
     if not claim.projects:
@@ -249,8 +275,8 @@ async def _sync_pending(
     deps: SyncDeps,
     lease: UserLease,
     client: GitLabClient,
-    pending: list[MonitoredProject],
-    cursors: dict[str, SyncCursor],
+    pending: list[ProjectRow],
+    cursors: dict[str, CursorRow],
     last_sync_at: datetime | None,
 ) -> list[ProjectOutcome]:
     """One attempt: the pending projects concurrently, on the lease's sessions."""
@@ -336,8 +362,18 @@ async def _report_failures(
         )
 
 
+# The request counter's child per (endpoint template, status), looked up once: labels() is a
+# lock, a tuple and a dict lookup per GitLab request otherwise.
+_REQUEST_COUNTERS: dict[tuple[str, int | None], Any] = {}
+
+
 def _record_request(info: RequestInfo) -> None:
-    metrics.GITLAB_REQUESTS.labels(info.endpoint, str(info.status or "error")).inc()
+    key = (info.endpoint, info.status)
+    counter = _REQUEST_COUNTERS.get(key)
+    if counter is None:
+        status = str(info.status or "error")
+        counter = _REQUEST_COUNTERS[key] = metrics.GITLAB_REQUESTS.labels(info.endpoint, status)
+    counter.inc()
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ One module per section (accounts, events, cursors, leases, runs); callers import
 """
 
 from app.db.repository.accounts import *  # noqa: F403
+from app.db.repository.claim import *  # noqa: F403
 from app.db.repository.cursors import *  # noqa: F403
 from app.db.repository.events import *  # noqa: F403
 from app.db.repository.leases import *  # noqa: F403

@@ -7,13 +7,15 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 # Both dialects' INSERT ... ON CONFLICT statements (the same API: excluded, on_conflict_*).
 Upsert = postgresql.Insert | sqlite.Insert
 
 
-def _dialect(session: AsyncSession) -> str:
+def _dialect(session: AsyncSession | AsyncConnection) -> str:
+    if isinstance(session, AsyncConnection):
+        return session.dialect.name
     return session.get_bind().dialect.name
 
 
@@ -22,7 +24,7 @@ def _table(model: Any) -> sa.Table:
     return cast(sa.Table, model.__table__)
 
 
-def _insert(session: AsyncSession, table: sa.Table | type[Any]) -> Upsert:
+def _insert(session: AsyncSession | AsyncConnection, table: sa.Table | type[Any]) -> Upsert:
     name = _dialect(session)
     if name == "postgresql":
         return postgresql.insert(table)
@@ -35,7 +37,7 @@ _STATEMENTS: dict[tuple[str, str], sa.Insert] = {}
 
 
 def _cached(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     name: str,
     table: sa.Table,
     build: Callable[[Upsert, sa.Table], sa.Insert],

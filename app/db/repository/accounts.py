@@ -197,11 +197,6 @@ _ACCOUNT = (
     .limit(1)
 )
 _ACCOUNT_FOR_UPDATE = _ACCOUNT.with_for_update()
-_PROJECTS = (
-    sa.select(MonitoredProject)
-    .where(MonitoredProject.userId == _USER_ID)
-    .order_by(MonitoredProject.gitlabProjectId)
-)
 
 
 async def get_gitlab_account(
@@ -239,10 +234,6 @@ async def store_rotated_tokens(
     )
     result = cast(CursorResult[Any], await session.execute(stmt))
     return result.rowcount == 1
-
-
-async def list_projects(session: AsyncSession, user_id: str) -> list[MonitoredProject]:
-    return list((await session.execute(_PROJECTS, {"user_id": user_id})).scalars())
 
 
 async def list_all_projects(session: AsyncSession) -> list[tuple[str | None, MonitoredProject]]:
@@ -307,7 +298,6 @@ __all__ = [
     "get_user",
     "get_user_by_email",
     "list_all_projects",
-    "list_projects",
     "list_users",
     "store_rotated_tokens",
     "users_by_ids",

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import (
     LastSync,
@@ -20,17 +20,6 @@ from app.db.repository._base import Upsert, _cached, _insert, _table
 from app.db.rows import CursorMove
 
 # --- cursors and LastSync ---------------------------------------------------------------------
-
-
-# Per-user reads of every poll, built once (see accounts.py).
-_USER_ID: sa.BindParameter[str] = sa.bindparam("user_id")
-_CURSORS = sa.select(SyncCursor).where(SyncCursor.user_id == _USER_ID)
-_LAST_SYNC = sa.select(LastSync).where(LastSync.userId == _USER_ID)
-
-
-async def get_cursors(session: AsyncSession, user_id: str) -> dict[str, SyncCursor]:
-    rows = (await session.execute(_CURSORS, {"user_id": user_id})).scalars()
-    return {c.gitlab_project_id: c for c in rows}
 
 
 def _build_advance_cursor(ins: Upsert, table: sa.Table) -> sa.Insert:
@@ -78,7 +67,7 @@ async def advance_cursor(
 
 
 async def advance_cursors(
-    session: AsyncSession, user_id: str, moves: dict[str, CursorMove]
+    session: AsyncSession | AsyncConnection, user_id: str, moves: dict[str, CursorMove]
 ) -> None:
     """Several projects' cursors in one statement (the idle projects of one user)."""
     if not moves:
@@ -206,10 +195,6 @@ async def record_reconciliation(
     )
 
 
-async def get_last_sync(session: AsyncSession, user_id: str) -> LastSync | None:
-    return (await session.execute(_LAST_SYNC, {"user_id": user_id})).scalar_one_or_none()
-
-
 def _build_upsert_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
     return ins.on_conflict_do_update(
         index_elements=[table.c.userId],
@@ -218,7 +203,11 @@ def _build_upsert_last_sync(ins: Upsert, table: sa.Table) -> sa.Insert:
 
 
 async def upsert_last_sync(
-    session: AsyncSession, user_id: str, last_sync_at: datetime, *, mark: bool = False
+    session: AsyncSession | AsyncConnection,
+    user_id: str,
+    last_sync_at: datetime,
+    *,
+    mark: bool = False,
 ) -> None:
     """Move the user's LastSync. `mark`: also record the value in sync_user, so a LastSync
     holding anything else is known to come from someone else (`claim_app_refreshes`)."""
@@ -287,8 +276,6 @@ __all__ = [
     "claim_app_refreshes",
     "advance_cursor",
     "advance_cursors",
-    "get_cursors",
-    "get_last_sync",
     "mark_access_lost",
     "record_access_check",
     "record_project_error",

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import (
     Event,
     UTCDateTime,
     naive_utc_ms,
     new_id,
+    new_ids,
     utcnow,
 )
 from app.db.profile import (
@@ -90,7 +91,9 @@ def newer_columns(profile: SchemaProfile) -> tuple[str, ...]:
 _UPSERT_EVENTS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
-def _upsert_events_stmt(session: AsyncSession, columns: tuple[str, ...]) -> sa.Insert:
+def _upsert_events_stmt(
+    session: AsyncSession | AsyncConnection, columns: tuple[str, ...]
+) -> sa.Insert:
     """The events upsert, built once per dialect (and column set) and executed with a list
     of rows.
 
@@ -155,60 +158,80 @@ _PG_ARRAYS = {
 }
 
 
-def _pg_upsert_events_sql(columns: tuple[str, ...] = ()) -> sa.TextClause:
-    """PostgreSQL: the whole page as one JSON parameter, unpacked by json_to_recordset.
-
-    Same ON CONFLICT as the portable statement, but SQLAlchemy and asyncpg handle one
-    parameter instead of 14 per row: per-row parameter processing was about a quarter of
-    the service's CPU on a backfill. Times travel as naive UTC text at millisecond
-    precision (TIMESTAMP(3), truncated like UTCDateTime), never through a session time zone.
-    `columns`: the newer "Event" columns written too (db/profile.py).
-    """
+def _pg_columns(columns: tuple[str, ...]) -> list[str]:
     story = [c.name for c in _table(Event).c if c.name not in ("userId", "updatedAt")]
-    cols = [*story, *columns]
+    return [*story, *columns]
+
+
+def _pg_insert_sql(
+    columns: tuple[str, ...], rows: str, *, parent: str | None = None, returning: str = "id, type"
+) -> str:
+    """PostgreSQL: `INSERT INTO "Event" ... SELECT ... FROM json_to_recordset(<rows>)` with
+    the ON CONFLICT of the portable statement, in driver SQL ($1 the user, $2 the time).
+
+    The whole page travels as one JSON parameter: SQLAlchemy and asyncpg handle one
+    parameter instead of 14 per row (per-row parameter processing was about a quarter of the
+    service's CPU on a backfill). Times travel as naive UTC text at millisecond precision
+    (TIMESTAMP(3), truncated like UTCDateTime), never through a session time zone.
+    `columns`: the newer "Event" columns written too (db/profile.py). `parent`: the
+    "parentEventId" of each row is `<parent>.id` of the FROM clause that follows the
+    recordset (work items: the same user's item row), not the row's own value.
+    """
+    cols = _pg_columns(columns)
     record = ", ".join(f'"{c}" {_PG_RECORD_TYPES.get(c, "text")}' for c in cols)
-    picked = ", ".join(
-        _json_array(c, _PG_ARRAYS[c]) if c in _PG_ARRAYS else f'r."{c}"' for c in cols
-    )
+    if parent is not None:
+        record += ', "parentKey" text'
+
+    def pick(c: str) -> str:
+        if parent is not None and c == "parentEventId":
+            return f"{parent}.id"
+        return _json_array(c, _PG_ARRAYS[c]) if c in _PG_ARRAYS else f'r."{c}"'
+
     names = ", ".join(f'"{c}"' for c in cols)
     tracked = (*_TRACKED_COLUMNS, *columns)
     changed = " OR ".join(f'"Event"."{c}" IS DISTINCT FROM excluded."{c}"' for c in tracked)
     updated = ", ".join(
         f'"{c}" = excluded."{c}"' for c in (*tracked, "createdAt", "type", "updatedAt")
     )
+    joined = (
+        f' LEFT JOIN parents {parent} ON {parent}.key = r."parentKey"' if parent is not None else ""
+    )
     # Built from the model's and the profile's own column names: no outside text in it.
-    sql = (
+    return (
         f'INSERT INTO "Event" ({names}, "userId", "updatedAt") '  # noqa: S608
-        f"SELECT {picked}, :user_id, :now "
-        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
+        f"SELECT {', '.join(pick(c) for c in cols)}, $1, $2::timestamp "
+        f"FROM json_to_recordset({rows}::json) AS r({record}){joined} "
         f'ON CONFLICT ("userId", "gitlabEventId") DO UPDATE SET {updated} WHERE {changed} '
-        "RETURNING id"
-    )
-    return sa.text(sql).bindparams(
-        sa.bindparam("user_id", type_=sa.Text),
-        sa.bindparam("now", type_=UTCDateTime()),
-        sa.bindparam("rows", type_=sa.Text),
+        f"RETURNING {returning}"
     )
 
 
-_PG_UPSERT_EVENTS: dict[tuple[str, ...], sa.TextClause] = {(): _pg_upsert_events_sql()}
+_PG_UPSERT_EVENTS: dict[tuple[str, ...], str] = {}
+_JSON = msgspec.json.Encoder()
+_PG_INSERT_SQL = _pg_insert_sql  # work_items.py builds its page statement from the same parts
 
 
-def _pg_upsert_events(columns: tuple[str, ...]) -> sa.TextClause:
-    stmt = _PG_UPSERT_EVENTS.get(columns)
-    if stmt is None:
-        stmt = _PG_UPSERT_EVENTS[columns] = _pg_upsert_events_sql(columns)
-    return stmt
+def _pg_upsert_events(columns: tuple[str, ...]) -> str:
+    """The upsert of a page, answering one row: the ids of the items' rows written and those
+    of the comments' (an array each: no row object per written row)."""
+    sql = _PG_UPSERT_EVENTS.get(columns)
+    if sql is None:
+        sql = _PG_UPSERT_EVENTS[columns] = (
+            f"WITH written AS ({_pg_insert_sql(columns, '$3')}) "  # noqa: S608 - ours only
+            "SELECT coalesce(array_agg(id) FILTER (WHERE type <> 'comment'), '{}'), "
+            "coalesce(array_agg(id) FILTER (WHERE type = 'comment'), '{}') FROM written"
+        )
+    return sql
 
 
 def _as_text(stored: datetime) -> str:
     return stored.isoformat(timespec="milliseconds")
 
 
-def _pg_json_row(row: EventRow, columns: tuple[str, ...]) -> dict[str, Any]:
+def _pg_json_row(row: EventRow, columns: tuple[str, ...], row_id: str) -> dict[str, Any]:
     values: dict[str, Any] = {
         **row,
-        "id": new_id(),
+        "id": row_id,
         "createdAt": _as_text(naive_utc_ms(row["createdAt"])),
     }
     if "lastActivityAt" in columns:
@@ -217,8 +240,33 @@ def _pg_json_row(row: EventRow, columns: tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
+def pg_page(rows: Iterable[EventRow], columns: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Rows as the JSON parameter of the PostgreSQL statements (one per key), and the ids
+    given to them (a returned id among them was inserted; any other was updated)."""
+    unique = {r["gitlabEventId"]: r for r in rows}
+    ids = new_ids(len(unique))
+    values = [_pg_json_row(r, columns, i) for r, i in zip(unique.values(), ids, strict=True)]
+    # msgspec's encoder: the same JSON as json.dumps(ensure_ascii=False), several times faster
+    # (a page of a backfill is hundreds of rows).
+    return _JSON.encode(values).decode(), {v["id"] for v in values}
+
+
+async def driver_connection(db: AsyncSession | AsyncConnection) -> AsyncConnection:
+    """The connection under `db` (a session's, inside its transaction), for driver SQL."""
+    return db if isinstance(db, AsyncConnection) else await db.connection()
+
+
+def count_returned(returned: Iterable[Any], ours: set[str]) -> UpsertCounts:
+    ids = list(returned)
+    inserted = sum(1 for i in ids if i in ours)
+    return UpsertCounts(inserted=inserted, updated=len(ids) - inserted)
+
+
 async def upsert_events(
-    session: AsyncSession, user_id: str, rows: Sequence[EventRow], columns: tuple[str, ...] = ()
+    session: AsyncSession | AsyncConnection,
+    user_id: str,
+    rows: Sequence[EventRow],
+    columns: tuple[str, ...] = (),
 ) -> UpsertCounts:
     """Insert new events, update changed ones, leave unchanged rows alone: one statement.
 
@@ -229,22 +277,40 @@ async def upsert_events(
     """
     if not rows:
         return UpsertCounts()
+    if _dialect(session) == "postgresql":
+        page, ours = pg_page(rows, columns)
+        conn = await driver_connection(session)
+        params = (user_id, naive_utc_ms(utcnow()), page)
+        pg = await conn.exec_driver_sql(_pg_upsert_events(columns), params)
+        items, notes = tuple(pg.one())
+        return count_returned([*items, *notes], ours)
     # One row per key: a page never holds duplicates, but ON CONFLICT would fail on them.
     unique = {r["gitlabEventId"]: r for r in rows}
     now = utcnow()
-    if _dialect(session) == "postgresql":
-        values = [_pg_json_row(r, columns) for r in unique.values()]
-        params = {"user_id": user_id, "now": now, "rows": json.dumps(values, ensure_ascii=False)}
-        result = await session.execute(_pg_upsert_events(columns), params)
-    else:
-        values = [
-            {**r, "id": new_id(), "userId": user_id, "updatedAt": now} for r in unique.values()
-        ]
-        result = await session.execute(_upsert_events_stmt(session, columns), values)
-    ours = {v["id"] for v in values}
-    returned = result.scalars().all()
-    inserted = sum(1 for i in returned if i in ours)
-    return UpsertCounts(inserted=inserted, updated=len(returned) - inserted)
+    values = [{**r, "id": new_id(), "userId": user_id, "updatedAt": now} for r in unique.values()]
+    result = await session.execute(_upsert_events_stmt(session, columns), values)
+    return count_returned(result.scalars().all(), {str(v["id"]) for v in values})
+
+
+async def upsert_page(
+    db: AsyncSession | AsyncConnection,
+    user_id: str,
+    items: Sequence[EventRow],
+    notes: Sequence[EventRow],
+) -> tuple[UpsertCounts, UpsertCounts]:
+    """A listing page's items and their new notes (the story schema's columns): one
+    statement on PostgreSQL (atomic by itself), two elsewhere (the caller's transaction).
+    Returns the items' counts and the notes'."""
+    if _dialect(db) != "postgresql":
+        return await upsert_events(db, user_id, items), await upsert_events(db, user_id, notes)
+    if not items and not notes:
+        return UpsertCounts(), UpsertCounts()
+    page, ours = pg_page([*items, *notes], ())
+    conn = await driver_connection(db)
+    params = (user_id, naive_utc_ms(utcnow()), page)
+    result = await conn.exec_driver_sql(_pg_upsert_events(()), params)
+    item_ids, note_ids = tuple(result.one())
+    return count_returned(item_ids, ours), count_returned(note_ids, ours)
 
 
 async def count_events(session: AsyncSession, user_id: str | None = None) -> int:
@@ -332,12 +398,16 @@ async def delete_project_events(
 
 
 __all__ = [
+    "count_returned",
+    "driver_connection",
     "event_table",
     "newer_columns",
+    "pg_page",
     "UpsertCounts",
     "count_events",
     "delete_events",
     "delete_project_events",
     "project_events",
     "upsert_events",
+    "upsert_page",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import UTCDateTime, new_id, utcnow
 from app.db.repository._base import Upsert, _cached
@@ -42,7 +42,9 @@ def _build_upsert_people(ins: Upsert, table: sa.Table) -> sa.Insert:
     )
 
 
-async def upsert_people(session: AsyncSession, user_id: str, people: Sequence[PersonRow]) -> None:
+async def upsert_people(
+    session: AsyncSession | AsyncConnection, user_id: str, people: Sequence[PersonRow]
+) -> None:
     """Insert or refresh these people of the user: one statement, rows sorted by GitLab id
     (concurrent writers then lock them in one order)."""
     if not people:
