@@ -6,7 +6,8 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,7 @@ from app.db.models import Event
 from app.settings import Settings, load_settings
 from gitlab_sim.expected import expected_events, expected_people, expected_work_items
 from gitlab_sim.server import SimulatorServer
-from gitlab_sim.world import iso_ms
+from gitlab_sim.world import World, iso_ms
 
 SIGNING_KEY = "signkey-test-" + "5e" * 32
 FALLBACK_KEY = "signkey-test-" + "fa" * 32
@@ -372,3 +373,14 @@ def assert_work_items(
     want_people = expected_people(sim.world, username, pids)
     assert {k: people[k] for k in want_people if k in people} == want_people
     assert {people[k]["username"] for k in set(people) - set(want_people)} == set(kept)
+
+
+@contextmanager
+def in_the_past(w: World, hours: float = 24) -> Iterator[None]:
+    """Changes made meanwhile are stamped `hours` ago: outside every incremental listing's
+    overlap, so only a complete listing (a first sync, a reconciliation) can see them."""
+    w.advance_clock(-hours * 3600)
+    try:
+        yield
+    finally:
+        w.advance_clock(hours * 3600)

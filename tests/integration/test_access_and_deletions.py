@@ -8,7 +8,7 @@ visibility (membership, confidential issues) and deletions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.support import (
     _with_session,
     add_user,
     assert_equal_truth,
+    in_the_past,
     make_settings,
     project_tuple,
     query,
@@ -43,17 +44,6 @@ PRIVATE, PUBLIC, OTHER = 1, 2, 3
 # Every run reconciles every synced project (the grid step is a third of a millisecond).
 EVERY_RUN = 1e-7
 EVENTS_PER_PROJECT = 24  # 6 issues x (1 + 2 comments) + 3 MRs x (1 + 1 comment)
-
-
-@contextmanager
-def in_the_past(w: World, hours: float = 24) -> Iterator[None]:
-    """Changes made meanwhile are stamped `hours` ago: outside every incremental listing's
-    overlap, so only a complete listing (a first sync, a reconciliation) can see them."""
-    w.advance_clock(-hours * 3600)
-    try:
-        yield
-    finally:
-        w.advance_clock(hours * 3600)
 
 
 def build_world() -> World:

@@ -412,7 +412,7 @@ def test_users_add_refuses_a_token_gitlab_rejects(run, db_url, sim, monkeypatch)
     revoked = sim.world.create_personal_token("user1")
     sim.world.revoke_token(revoked)
     for token, why in (
-        ("glpat-not-a-real-token-0123", "unknown or invalid"),
+        ("fake-unknown-token-0123", "unknown or invalid"),
         (revoked, "it was revoked"),
     ):
         r = run("users", "add", "--email", "ada@example.com", "--token", token)

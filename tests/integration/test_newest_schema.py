@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.support import (
     add_user,
     assert_work_items,
     asyncpg_dsn,
+    in_the_past,
     make_settings,
     pg_fetch,
     pg_script,
@@ -50,15 +51,6 @@ EVERY_RUN = 1e-7
 
 
 # --- the world ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def in_the_past(w: World, hours: float = 24) -> Iterator[None]:
-    w.advance_clock(-hours * 3600)
-    try:
-        yield
-    finally:
-        w.advance_clock(hours * 3600)
 
 
 def build_world() -> World:
